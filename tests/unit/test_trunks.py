@@ -3,6 +3,7 @@ exported weights loading strictly into the torchvision reference."""
 import pytest
 import torch
 import torch.nn as nn
+import torchvision
 from torchvision.models.regnet import ResBottleneckBlock
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
@@ -31,6 +32,7 @@ def n_params(m: nn.Module) -> int:
 
 def test_every_trunk_has_expectations():
     assert set(TRUNKS.names()) == set(EXPECTED)
+    assert len(TORCHVISION_SHIPPED) == 13  # 5 ResNets + 8 RegNetYs with published counts
 
 
 @pytest.mark.parametrize("name", TRUNKS.names())
@@ -40,8 +42,8 @@ def test_meta_build(name):
     assert trunk.num_features == width
     assert isinstance(trunk.fc, nn.Identity)
     assert all(p.is_meta for p in trunk.parameters())
-    if millions is not None:
-        assert n_params(trunk) == pytest.approx(millions * 1e6, rel=0.02)
+    if millions is not None:  # the facts round to 3-4 significant digits
+        assert n_params(trunk) == pytest.approx(millions * 1e6, rel=0.005)
     # the torchvision reference has exactly the same tensors (names and shapes)
     ref = torchvision_reference(name, device="meta")
     assert {k: v.shape for k, v in ref.state_dict().items()} == {k: v.shape for k, v in trunk.state_dict().items()}
@@ -55,7 +57,6 @@ def test_meta_build(name):
 
 def test_regnet_sizes_match_torchvision_builders(monkeypatch):
     """Our numbers for torchvision's sizes give the block params its builders compute (no model built)."""
-    import torchvision
     import torchvision.models.regnet as tv_regnet
 
     seen = {}
@@ -67,6 +68,23 @@ def test_regnet_sizes_match_torchvision_builders(monkeypatch):
         theirs, ours = seen.pop("p"), REGNET_SIZES[name].block_params()
         for field in ("depths", "widths", "group_widths", "bottleneck_multipliers", "strides", "se_ratio"):
             assert getattr(ours, field) == getattr(theirs, field), (name, field)
+
+
+TORCHVISION_SHIPPED = [n for n in EXPECTED if hasattr(torchvision.models, n)]
+
+
+@pytest.mark.parametrize("name", TORCHVISION_SHIPPED)
+def test_param_count_equals_torchvision_published(name):
+    """Exactly torchvision's published parameter count minus its 1000-class classifier."""
+    meta = next(iter(torchvision.models.get_model_weights(name))).meta
+    trunk = build_trunk(name, device="meta")
+    assert n_params(trunk) == meta["num_params"] - (trunk.num_features * 1000 + 1000)
+
+
+def test_seer_10b_size():
+    trunk = build_trunk("regnet_y_10b", device="meta")
+    assert n_params(trunk) / 1e9 == pytest.approx(9.32, abs=0.005)
+    assert trunk.num_features == 28280 and [len(s) for s in trunk_stages(trunk)] == [2, 7, 17, 1]
 
 
 def test_seer_256gf_stages():
@@ -109,7 +127,8 @@ def test_cifar_stem_keeps_resolution():
         build_trunk("resnet18", "tiny")
 
 
-@pytest.mark.parametrize("name,stem,px", [("resnet18", "cifar", 32), ("resnet50", "imagenet", 64),
+@pytest.mark.parametrize("name,stem,px", [("resnet18", "cifar", 32), ("resnet18", "imagenet", 64),
+                                          ("resnet50", "imagenet", 64),
                                           ("regnet_y_400mf", "imagenet", 64), ("regnet_y_debug", "cifar", 32)])
 def test_exported_weights_load_into_torchvision(name, stem, px):
     torch.manual_seed(0)
@@ -127,8 +146,6 @@ def test_exported_weights_load_into_torchvision(name, stem, px):
 
 
 def test_reference_uses_torchvision_builder():
-    import torchvision
-
     assert type(torchvision_reference("resnet18")) is torchvision.models.ResNet
     assert type(torchvision_reference("regnet_y_debug", device="meta")) is torchvision.models.RegNet
 
