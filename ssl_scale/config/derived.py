@@ -1,0 +1,42 @@
+"""Values derived from a recipe and the run's world size, computed in one visible place and logged;
+they are never written back into the user's config."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Derived:
+    world_size: int
+    global_batch: int
+    num_crops: int
+    steps_per_epoch: int
+    total_steps: int  # epochs x steps_per_epoch: the schedule's length (train.max_steps only stops early)
+    stop_step: int  # where this run stops: total_steps, or train.max_steps when smaller
+    warmup_steps: int
+    lr: float  # peak learning rate after the scaling rule
+    queue_length: int  # per process, rounded down to a multiple of the global batch
+
+    def lines(self) -> list[str]:
+        return [f"{k} = {v}" for k, v in asdict(self).items()]
+
+
+def derive(cfg, world_size: int, dataset_len: int) -> Derived:
+    from ssl_scale.config.loader import ConfigError
+
+    global_batch = cfg.data.batch_size * world_size
+    steps = dataset_len // global_batch
+    if steps == 0:
+        raise ConfigError(
+            f"'data.batch_size': {dataset_len} images cannot fill one global batch of {global_batch} "
+            f"({cfg.data.batch_size} x {world_size} processes); lower data.batch_size or add images")
+    total = steps * cfg.train.epochs
+    stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
+    lr = cfg.optim.base_lr * global_batch / cfg.optim.reference_batch if cfg.optim.scale_lr else cfg.optim.base_lr
+    q = cfg.loss.queue_length
+    if q:
+        q = (q // global_batch) * global_batch
+        if q == 0:
+            raise ConfigError(f"'loss.queue_length': {cfg.loss.queue_length} is shorter than one global batch ({global_batch}); raise it or set 0")
+    return Derived(world_size, global_batch, sum(c.count for c in cfg.data.crops), steps, total, stop,
+                   int(round(cfg.schedule.warmup_epochs * steps)), lr, q)

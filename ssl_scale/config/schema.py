@@ -1,0 +1,170 @@
+"""The typed recipe schema: every key a recipe may set, its type, default and meaning."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+# Keys whose values must be one of a fixed set, or a registered name. The loader checks them and
+# names the valid choices; registry-backed keys are resolved lazily so this file imports nothing heavy.
+CHOICES = {
+    "train.precision": ["fp32", "bf16", "fp16"],
+    "train.device": ["auto", "cpu", "cuda"],
+    "train.sync_bn": ["none", "global", "group"],
+    "model.stem": ["imagenet", "cifar"],
+    "data.train.split": ["train", "test", "all"],
+    "parallel.mode": ["ddp", "fsdp"],
+}
+REGISTRY_KEYS = {
+    "model.trunk": "trunk",
+    "model.head.name": "head",
+    "loss.name": "loss",
+    "data.train.source": "dataset",
+    "optim.name": "optimizer",
+    "schedule.name": "schedule",
+}
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"  # output folder: checkpoints, metrics.jsonl, TensorBoard, plots, config.yaml
+    log_every: int = 10  # steps between metric lines (and the only host syncs of the step)
+    checkpoint_every: int = 200  # steps between checkpoints (one is always written at the end)
+    keep_last: int = 2  # complete checkpoints kept; older ones are deleted
+    progress: bool = True  # progress bar on rank 0
+    tensorboard: bool = True
+    resume: bool = True  # resume from the newest complete checkpoint in run.dir
+
+
+@dataclass
+class CropGroup:
+    size: int = 224
+    count: int = 2
+    scale: List[float] = field(default_factory=lambda: [0.14, 1.0])  # RandomResizedCrop area range
+    blur_p: float = 0.5  # Gaussian blur probability for this group
+
+
+@dataclass
+class AugmentConfig:
+    flip_p: float = 0.5
+    color_jitter_p: float = 0.8
+    jitter: List[float] = field(default_factory=lambda: [0.8, 0.8, 0.8, 0.2])  # brightness, contrast, saturation, hue
+    grayscale_p: float = 0.2
+    solarize_p: float = 0.0
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class SourceConfig:
+    source: str = "embedded"  # registered dataset: folder | embedded (more come with the data layer)
+    path: Optional[str] = None  # the folder (for source=folder)
+    split: str = "train"  # for source=embedded: train (4,000 digits) | test (1,000) | all
+
+
+@dataclass
+class DataConfig:
+    train: SourceConfig = field(default_factory=SourceConfig)
+    batch_size: int = 64  # images per process per step
+    num_workers: int = 2
+    pin_memory: bool = True
+    prefetch_factor: int = 2
+    crops: List[CropGroup] = field(default_factory=lambda: [CropGroup(224, 2, [0.14, 1.0]), CropGroup(96, 6, [0.05, 0.14])])
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_bad_fraction: float = 0.01  # stop when more than this share of samples could not be decoded
+
+
+@dataclass
+class HeadConfig:
+    name: str = "swav"
+    hidden_dims: List[int] = field(default_factory=lambda: [2048])
+    output_dim: int = 128
+    batch_norm: bool = True
+    num_prototypes: List[int] = field(default_factory=lambda: [3000])  # one entry per prototype set
+
+
+@dataclass
+class ModelConfig:
+    trunk: str = "resnet50"  # registered trunk (`ssl-scale list trunks`)
+    stem: str = "imagenet"  # imagenet (7x7/2 + max-pool) | cifar (3x3/1, no max-pool) for 32-px images
+    zero_init_residual: bool = False
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class LossConfig:
+    name: str = "swav"
+    temperature: float = 0.1
+    epsilon: float = 0.05  # Sinkhorn entropic regularisation
+    sinkhorn_iterations: int = 3
+    crops_for_assign: List[int] = field(default_factory=lambda: [0, 1])
+    queue_length: int = 0  # per process; 0 = no queue. Rounded down to a multiple of the global batch
+    queue_start_epoch: int = 15
+    use_float64: bool = False  # Sinkhorn in float64
+    freeze_prototypes_iters: int = 313  # prototype gradients cancelled for this many steps
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars_sgd"  # lars_sgd | sgd | adamw
+    base_lr: float = 0.3  # per `reference_batch` images; scaled linearly with the global batch
+    reference_batch: int = 256
+    scale_lr: bool = True
+    momentum: float = 0.9
+    weight_decay: float = 1e-6
+    trust_coefficient: float = 0.001  # LARS eta
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation for biases and norm layers
+    clip_grad_norm: float = 0.0  # 0 = off
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"
+    warmup_epochs: float = 10.0
+    start_lr: float = 0.0
+    final_lr_fraction: float = 0.001  # cosine ends at peak * this
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    max_steps: Optional[int] = 0  # stop after this many steps in total; 0 or null = no limit
+    device: str = "auto"  # auto = cuda when available
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler, CUDA)
+    channels_last: bool = False
+    sync_bn: str = "global"  # none | global | group (sync_bn_group_size processes per group)
+    sync_bn_group_size: int = 0
+    compile: bool = False  # torch.compile the trunk
+    deterministic: bool = False
+
+
+@dataclass
+class EvalConfig:
+    knn_at_end: bool = False  # print kNN top-1 of the learned trunk next to the random-init trunk
+    source: str = "embedded"  # dataset for that kNN: embedded (train/test splits) or folder
+    train_path: Optional[str] = None  # for source=folder
+    test_path: Optional[str] = None
+    image_size: int = 28
+    resize: Optional[int] = None
+    k: int = 20
+    temperature: float = 0.07
+    batch_size: int = 256
+
+
+@dataclass
+class ParallelConfig:
+    mode: str = "ddp"
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
