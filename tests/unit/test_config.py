@@ -18,7 +18,7 @@ RECIPES = sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs"
 def test_every_shipped_recipe_loads_and_builds_on_meta(recipe):
     from ssl_scale.train.build import build_ssl_model
 
-    cfg = load_config(REPO / "configs" / recipe, ["data.train.path=/nonexistent"] if "path" in str(recipe) else [])
+    cfg = load_config(REPO / "configs" / recipe, ["data.train.path=/any/folder"])
     model = build_ssl_model(cfg.model, device="meta")
     z, scores = model([torch.empty(2, 3, cfg.data.crops[0].size, cfg.data.crops[0].size, device="meta")])
     assert z.shape == (2, cfg.model.head.output_dim)
@@ -95,9 +95,10 @@ def test_derived_values_scale_lr_and_round_queue(tmp_path):
     p = write(tmp_path, "r.yaml", "data: {train: {source: embedded}, batch_size: 64}\n"
                                   "loss: {queue_length: 3840}\noptim: {base_lr: 0.3}\ntrain: {epochs: 2, max_steps: 5}\n")
     cfg = load_config(p)
-    d = derive(cfg, world_size=64, dataset_len=4096 * 10)
-    assert d.global_batch == 4096 and d.lr == pytest.approx(4.8)
-    assert d.queue_length == 0 or d.queue_length % 4096 == 0
+    with pytest.raises(ConfigError, match="'loss.queue_length': 3840 is shorter than one global batch \\(4096\\)"):
+        derive(cfg, world_size=64, dataset_len=4096 * 10)
+    d = derive(load_config(p, ["loss.queue_length=0"]), world_size=64, dataset_len=4096 * 10)
+    assert d.global_batch == 4096 and d.lr == pytest.approx(4.8) and d.queue_length == 0
     d4 = derive(cfg, world_size=4, dataset_len=10000)  # global batch 256: 3840 is already a multiple
     assert (d4.queue_length, d4.steps_per_epoch, d4.total_steps, d4.stop_step) == (3840, 39, 78, 5)
     d3 = derive(cfg, world_size=3, dataset_len=10000)  # global batch 192 -> 3840 = 20 x 192

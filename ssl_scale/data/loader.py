@@ -1,0 +1,202 @@
+"""The training DataLoader: sharded resumable batches, per-sample seeded augmentation, bad-sample accounting."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from ssl_scale.data.decode import BadSample, DataError
+from ssl_scale.data.sampler import ResumableShardSampler
+
+__all__ = ["build_train_loader", "SeededTransformDataset", "collate_multicrop", "BadDataCounter", "sample_seed"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64 finaliser: a fixed, well-spread 64-bit mix (Python's hash() is salted per process)."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of dataset sample `index` in `epoch`: a pure function of the three ints."""
+    h = _mix64(int(seed) * 0x9E3779B97F4A7C15 + 0x632BE59BD9B4E019)
+    h = _mix64(h ^ (int(epoch) * 0xD1B54A32D192ED03 + 0x8CB92BA72F3D8DD7))
+    h = _mix64(h ^ (int(index) * 0xABC98388FB8FAC03 + 0x27D4EB2F165667C5))
+    return h >> 1  # < 2**63: valid for torch.manual_seed on every version
+
+
+class SeededTransformDataset:
+    """dataset[i] -> (crops, label, i), or a BadSample; the augmentation is seeded from (seed, epoch, i).
+
+    Why this is exact: torchvision v2 transforms draw every random number from the global torch CPU
+    generator, and nothing else touches that generator between ``torch.manual_seed`` and the end of
+    the transform call. Each sample therefore gets the same crops whichever process decodes it (the
+    main process or any worker), in whatever order, with any number of ranks, and after a resume. The
+    global generator is forked around the call so the caller's RNG stream (e.g. the trainer's, when
+    num_workers=0) is left exactly as it was.
+
+    Any exception while loading or transforming one sample becomes ``BadSample(key, "error:<Type>")``
+    so one broken file never stops a run (BadDataCounter decides when there are too many).
+    """
+
+    def __init__(self, dataset, transform, seed: int, epoch: int):
+        self.dataset, self.transform = dataset, transform
+        self.seed, self.epoch = int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def key(self, i: int) -> str:
+        try:
+            return str(self.dataset.key(i))
+        except Exception:  # noqa: BLE001 - a key is for messages only
+            return f"index{i}"
+
+    def __getitem__(self, i: int):
+        try:
+            item = self.dataset[i]
+            if isinstance(item, BadSample):
+                return item
+            img, label = item
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+                crops = self.transform(img)
+            if isinstance(crops, torch.Tensor):
+                crops = [crops]
+            return list(crops), int(label), int(i)
+        except Exception as e:  # noqa: BLE001 - reported per sample, counted by BadDataCounter
+            return BadSample(self.key(i), f"error:{type(e).__name__}")
+
+
+def _empty_crops(transform) -> List[torch.Tensor]:
+    """Zero-row crop tensors of the right shapes for a batch whose samples were all bad."""
+    specs = getattr(transform, "crops", None)
+    if not specs:
+        return []
+    return [torch.empty(0, 3, s.size, s.size) for s in specs for _ in range(s.count)]
+
+
+class collate_multicrop:  # noqa: N801 - used like a function
+    """List of samples -> {"crops": [Tensor (b, 3, s, s)] in crop order, "labels", "indices", "bad"}.
+
+    BadSamples are dropped from the tensors and listed in ``bad`` as (key, reason), so the batch may
+    hold fewer than batch_size samples.
+    """
+
+    def __init__(self, transform=None):
+        self.transform = transform
+
+    def __call__(self, samples: Sequence[Any]) -> Dict[str, Any]:
+        good = [s for s in samples if not isinstance(s, BadSample)]
+        bad = [(s.key, s.reason) for s in samples if isinstance(s, BadSample)]
+        if good:
+            n_crops = len(good[0][0])
+            crops = [torch.stack([s[0][k] for s in good]) for k in range(n_crops)]
+        else:
+            crops = _empty_crops(self.transform)
+        return {"crops": crops,
+                "labels": torch.tensor([s[1] for s in good], dtype=torch.long),
+                "indices": torch.tensor([s[2] for s in good], dtype=torch.long),
+                "bad": bad}
+
+
+def build_train_loader(dataset, transform, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
+                       start_batch: int = 0, num_workers: int = 0, pin_memory: bool = False,
+                       prefetch_factor: Optional[int] = 2) -> DataLoader:
+    """One epoch's loader for this rank (build a new one per epoch; workers are not persistent).
+
+    Args:
+        dataset: map-style source returning (PIL image, label) or a BadSample, with ``key(i)``.
+        transform: image -> list of crop tensors (e.g. MultiCropTransform).
+        batch_size: samples per process per step.
+        rank, world_size: this process's position, as plain ints.
+        seed, epoch: fix both the sample order and every sample's augmentation.
+        start_batch: batches of this epoch already trained on (resume).
+        num_workers, pin_memory, prefetch_factor: as for torch DataLoader (prefetch only with workers).
+
+    Returns:
+        a DataLoader yielding ``collate_multicrop`` dicts; batch j is identical for any num_workers and
+        for a run resumed at any batch k <= j.
+    """
+    sampler = ResumableShardSampler(len(dataset), rank, world_size, batch_size, seed, epoch=epoch,
+                                    start_batch=start_batch)
+    kwargs: Dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["prefetch_factor"] = prefetch_factor
+    # Our own generator for the workers' base seed: a DataLoader otherwise draws it from the global
+    # RNG at every iter(), silently shifting the trainer's random stream once per epoch.
+    g = torch.Generator()
+    g.manual_seed(sample_seed(seed, epoch, -1))
+    return DataLoader(SeededTransformDataset(dataset, transform, seed, epoch), batch_sampler=sampler,
+                      num_workers=num_workers, collate_fn=collate_multicrop(transform), pin_memory=pin_memory,
+                      persistent_workers=False, generator=g, **kwargs)
+
+
+class BadDataCounter:
+    """Counts unusable samples by reason and stops the run once too large a fraction is bad.
+
+    The check starts after ``min_samples`` samples so a few bad files at the start do not stop a run.
+
+    Args:
+        max_bad_fraction: the largest tolerated bad / seen ratio (0 stops at the first bad sample).
+        min_samples: samples to see before the ratio is checked.
+    """
+
+    MAX_EXAMPLES = 5
+
+    def __init__(self, max_bad_fraction: float, min_samples: int = 100):
+        if not 0 <= max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+        self.max_bad_fraction = float(max_bad_fraction)
+        self.min_samples = int(min_samples)
+        self.total_seen = 0
+        self.total_bad = 0
+        self.counts: Dict[str, int] = {}
+        self.examples: Dict[str, List[str]] = {}
+
+    def update(self, n_good: int, bad: Sequence[Tuple[str, str]]) -> None:
+        """Add one batch: `n_good` usable samples and the (key, reason) of each bad one; may raise DataError."""
+        self.total_seen += int(n_good) + len(bad)
+        self.total_bad += len(bad)
+        for key, reason in bad:
+            self.counts[reason] = self.counts.get(reason, 0) + 1
+            ex = self.examples.setdefault(reason, [])
+            if len(ex) < self.MAX_EXAMPLES and key not in ex:
+                ex.append(str(key))
+        self.check()
+
+    @property
+    def bad_fraction(self) -> float:
+        return self.total_bad / self.total_seen if self.total_seen else 0.0
+
+    def check(self) -> None:
+        if self.total_seen >= self.min_samples and self.bad_fraction > self.max_bad_fraction:
+            raise DataError(self.message())
+
+    def message(self) -> str:
+        worst = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        parts = "; ".join(f"{r} x{n} (e.g. {', '.join(self.examples.get(r, []))})" for r, n in worst)
+        return (f"{self.total_bad} of {self.total_seen} samples ({self.bad_fraction:.1%}) could not be used, more "
+                f"than data.max_bad_fraction={self.max_bad_fraction:g}: {parts}; fix or remove those files, "
+                f"or raise data.max_bad_fraction")
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Plain ints and lists of str/int (fixed keys), so a fresh counter can load it from a DCP checkpoint."""
+        reasons = sorted(self.counts)
+        return {"total_seen": self.total_seen, "total_bad": self.total_bad, "reasons": reasons,
+                "counts": [self.counts[r] for r in reasons],
+                "examples": [list(self.examples.get(r, [])) for r in reasons]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.total_seen, self.total_bad = int(state["total_seen"]), int(state["total_bad"])
+        reasons = [str(r) for r in state.get("reasons", [])]
+        self.counts = {r: int(n) for r, n in zip(reasons, state.get("counts", []))}
+        self.examples = {r: [str(k) for k in ex] for r, ex in zip(reasons, state.get("examples", []))}
+
+    def __repr__(self) -> str:
+        return f"BadDataCounter(bad={self.total_bad}/{self.total_seen}, by_reason={self.counts})"
