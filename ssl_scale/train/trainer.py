@@ -1,0 +1,284 @@
+"""The SwAV trainer: builds every component in a fixed order, runs a short train step, and saves
+and restores the whole run state (model, optimizer, schedule position, queue, data position, RNG)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from omegaconf import DictConfig
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from ssl_scale.checkpoint import CheckpointManager, latest_checkpoint
+from ssl_scale.config import ConfigError, to_yaml
+from ssl_scale.config.derived import Derived, derive
+from ssl_scale.data.loader import BadDataCounter, build_train_loader
+from ssl_scale.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, parallelize, reduce_fns, unwrap
+from ssl_scale.methods import LOSSES, cancel_prototype_gradients
+from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
+from ssl_scale.train.build import build_dataset, build_multicrop, build_ssl_model
+from ssl_scale.train.telemetry import Telemetry
+
+log = logging.getLogger("ssl_scale")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; no checkpoint was written after that point."""
+
+
+def prepare_run_dir(path: Path, is_main: bool) -> None:
+    if not is_main:
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"'run.dir': cannot write to {str(path)!r} ({e.strerror}); choose another run.dir") from None
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, env: Optional[DistEnv] = None):
+        self.cfg = cfg
+        self.env = env or init_distributed(cfg.train.device)
+        self.run_dir = Path(cfg.run.dir)
+        prepare_run_dir(self.run_dir, self.env.is_main)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+
+        # 1. data
+        self.dataset = build_dataset(cfg.data.train)
+        self.transform = build_multicrop(cfg.data)
+        # 2. derived values, logged once
+        self.derived: Derived = derive(cfg, self.env.world_size, len(self.dataset))
+        # 3. model, then parallelism applied from outside the model
+        self.model = build_ssl_model(cfg.model)
+        self.num_prototypes = list(cfg.model.head.num_prototypes)
+        self.ddp_model = parallelize(self.model, self.env, sync_bn=cfg.train.sync_bn,
+                                     sync_bn_group_size=cfg.train.sync_bn_group_size,
+                                     channels_last=cfg.train.channels_last, compile_trunk=cfg.train.compile)
+        self.model = unwrap(self.ddp_model)
+        # 4. loss (with its queue), given the reductions instead of importing torch.distributed
+        self.loss_fn = self._build_loss().to(self.env.device)
+        # 5. optimizer and schedule
+        self.optimizer = self._build_optimizer()
+        d = self.derived
+        self.schedule = SCHEDULES.get(cfg.schedule.name)(
+            peak_lr=d.lr, total_steps=d.total_steps, warmup_steps=d.warmup_steps,
+            start_lr=cfg.schedule.start_lr, final_lr=d.lr * cfg.schedule.final_lr_fraction)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+        # 6. run position, checkpoints, resume
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.bad = BadDataCounter(cfg.data.max_bad_fraction)
+        self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last)
+        self.resumed_from: Optional[Path] = None
+        if cfg.run.resume:
+            last = latest_checkpoint(self.run_dir)
+            if last is not None:
+                self.load_checkpoint(last)
+                self.resumed_from = last
+        if self.env.is_main:
+            (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
+            log.info("derived values:\n  %s", "\n  ".join(d.lines()))
+            if self.resumed_from:
+                log.info("resumed from %s at step %d (epoch %d, batch %d)", self.resumed_from, self.step,
+                         self.epoch, self.batch_in_epoch)
+
+    # ----- builders ----------------------------------------------------------------------------
+    def _build_loss(self):
+        c = self.cfg.loss
+        s, m = reduce_fns()
+        loss = LOSSES.get(c.name)(
+            temperature=c.temperature, epsilon=c.epsilon, sinkhorn_iterations=c.sinkhorn_iterations,
+            crops_for_assign=tuple(c.crops_for_assign), num_crops=self.derived.num_crops,
+            queue_length=self.derived.queue_length, queue_start_epoch=c.queue_start_epoch,
+            use_float64=c.use_float64, reduce_sum=s if self.env.distributed else None,
+            reduce_max=m if self.env.distributed else None)
+        if self.derived.queue_length:
+            loss.init_queue(self.cfg.model.head.output_dim, self.env.device)
+        return loss
+
+    def _build_optimizer(self):
+        o = self.cfg.optim
+        groups = param_groups(self.model, o.weight_decay, o.exclude_bias_and_norm)
+        return OPTIMIZERS.get(o.name)(groups, lr=self.derived.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                      trust_coefficient=o.trust_coefficient, betas=tuple(o.betas))
+
+    # ----- state -------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(self.ddp_model, self.optimizer)
+        # State that differs between ranks is stored under the rank's own key.
+        per_rank = {"loss": self.loss_fn.state_dict(), "rng": torch.get_rng_state()}
+        progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                    "world_size": self.env.world_size}
+        return {"model": model_sd, "optim": optim_sd, "progress": progress, f"rank{self.env.rank}": per_rank,
+                "bad_data": self.bad.state_dict()}
+
+    def load_checkpoint(self, path: Path) -> None:
+        stored = CheckpointManager.keys(path)
+        if not any(k.startswith("model.") for k in stored):
+            raise ConfigError(f"{path} is not a training checkpoint of this engine")
+        state = self.state_dict()
+        mine = f"rank{self.env.rank}"
+        has_mine = any(k.startswith(mine + ".") for k in stored)
+        if not has_mine:
+            state.pop(mine)
+        if not any(k.startswith("bad_data") for k in stored):
+            state.pop("bad_data")
+        self._check_model_keys(path, stored, state["model"])
+        CheckpointManager.load(path, state)
+        set_state_dict(self.ddp_model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        p = state["progress"]
+        self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
+        if p["world_size"] != self.env.world_size:
+            # The data position counts this rank's batches; another world size means another split.
+            self.batch_in_epoch = self.batch_in_epoch * int(p["world_size"]) // self.env.world_size
+            log.warning("resuming a %d-process checkpoint on %d processes: the SwAV queue restarts empty",
+                        p["world_size"], self.env.world_size)
+        if has_mine:
+            self.loss_fn.load_state_dict(state[mine]["loss"])
+            torch.set_rng_state(state[mine]["rng"])
+        if "bad_data" in state:
+            self.bad.load_state_dict(state["bad_data"])
+
+    @staticmethod
+    def _check_model_keys(path: Path, stored: Dict[str, Any], model_sd: Dict[str, Any]) -> None:
+        want = {f"model.{k}": v for k, v in model_sd.items()}
+        missing = [k for k in want if k not in stored]
+        if missing:
+            raise ConfigError(f"checkpoint {path} was written by another model: it lacks {missing[0]!r} "
+                              f"(and {len(missing) - 1} more keys); use another run.dir or the matching model.trunk")
+        for k, t in want.items():
+            size = getattr(stored[k], "size", None)
+            if size is not None and hasattr(t, "shape") and tuple(size) != tuple(t.shape):
+                raise ConfigError(f"checkpoint {path} was written by another model: {k[6:]!r} has shape "
+                                  f"{tuple(size)} there and {tuple(t.shape)} here")
+
+    def save_checkpoint(self) -> Path:
+        return self.ckpt.save(self.step, self.state_dict(),
+                              info={"trunk": self.cfg.model.trunk, "stem": self.cfg.model.stem})
+
+    # ----- training ----------------------------------------------------------------------------
+    def _autocast(self):
+        p = self.cfg.train.precision
+        if p == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(self.env.device.type, dtype=dtype)
+
+    def train_step(self, crops) -> Dict[str, torch.Tensor]:
+        lr = self.schedule(self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        t0 = time.perf_counter()
+        with self._autocast():
+            z, scores = self.ddp_model(crops)
+        loss = self.loss_fn(z.float(), [s.float() for s in scores],
+                            [p.weight for p in self.model.head.prototypes], epoch=self.epoch)
+        t1 = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        t2 = time.perf_counter()
+        cancel_prototype_gradients(self.model.head.prototypes.parameters(), self.step, self.cfg.loss.freeze_prototypes_iters)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.model.head.normalize_prototypes()
+        t3 = time.perf_counter()
+        return {"loss": loss.detach(), "lr": lr, "t_forward": t1 - t0, "t_backward": t2 - t1, "t_optim": t3 - t2}
+
+    def _loader(self):
+        c = self.cfg.data
+        return build_train_loader(self.dataset, self.transform, batch_size=c.batch_size, rank=self.env.rank,
+                                  world_size=self.env.world_size, seed=self.cfg.seed, epoch=self.epoch,
+                                  start_batch=self.batch_in_epoch, num_workers=c.num_workers,
+                                  pin_memory=c.pin_memory and self.env.device.type == "cuda",
+                                  prefetch_factor=c.prefetch_factor)
+
+    def fit(self) -> Dict[str, Any]:
+        """Train until train.epochs (or train.max_steps); checkpoint every run.checkpoint_every steps."""
+        d, cfg = self.derived, self.cfg
+        tele = Telemetry(self.run_dir, self.env.is_main, d.stop_step, self.step, cfg.run.progress,
+                         cfg.run.tensorboard, self.num_prototypes)
+        self.ddp_model.train()
+        last_loss = float("nan")
+        window = {"images": 0, "time": 0.0, "data": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0, "n": 0}
+        loss_sum = torch.zeros((), device=self.env.device)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.env.device)
+        try:
+            while self.step < d.stop_step:
+                loader = self._loader()
+                t_wait = time.perf_counter()
+                for batch in loader:
+                    t_got = time.perf_counter()
+                    self.bad.update(len(batch["labels"]), batch["bad"])
+                    crops = [c.to(self.env.device, non_blocking=True) for c in batch["crops"]]
+                    if cfg.train.channels_last:
+                        crops = [c.contiguous(memory_format=torch.channels_last) for c in crops]
+                    out = self.train_step(crops)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    nonfinite |= ~torch.isfinite(out["loss"])
+                    loss_sum += out["loss"]
+                    now = time.perf_counter()
+                    window["images"] += len(batch["labels"]) * self.env.world_size
+                    window["time"] += now - t_wait
+                    window["data"] += t_got - t_wait
+                    window["fwd"] += out["t_forward"]
+                    window["bwd"] += out["t_backward"]
+                    window["opt"] += out["t_optim"]
+                    window["n"] += 1
+                    tele.advance()
+                    at_end = self.step >= d.stop_step
+                    if self.step % cfg.run.log_every == 0 or at_end:
+                        if bool(nonfinite):  # host sync only at logging intervals
+                            raise TrainingDiverged(
+                                f"loss became non-finite before step {self.step}; the last good checkpoint "
+                                f"is kept (lower optim.base_lr, or try train.precision=fp32)")
+                        last_loss = float(all_reduce_sum(loss_sum)) / (window["n"] * self.env.world_size)
+                        tele.log(self._metrics(last_loss, out["lr"], window))
+                        loss_sum.zero_()
+                        window = dict.fromkeys(window, 0)
+                        window["time"] = 0.0
+                    if self.step % cfg.run.checkpoint_every == 0 or at_end:
+                        if bool(nonfinite):
+                            raise TrainingDiverged(f"loss became non-finite before step {self.step}; no checkpoint written")
+                        self.save_checkpoint()
+                    if at_end:
+                        break
+                    t_wait = time.perf_counter()
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    continue
+                break
+        finally:
+            tele.close()
+        return {"step": self.step, "epoch": self.epoch, "loss": last_loss, "run_dir": str(self.run_dir)}
+
+    def _metrics(self, loss: float, lr: float, w: Dict[str, float]) -> Dict[str, float]:
+        stats = getattr(self.loss_fn, "last_stats", {}) or {}
+        m = {"step": self.step, "epoch": self.epoch, "loss": loss, "lr": lr,
+             "images_per_s": w["images"] / max(w["time"], 1e-9), "world_size": self.env.world_size,
+             "time_data_s": w["data"] / w["n"], "time_forward_s": w["fwd"] / w["n"],
+             "time_backward_s": w["bwd"] / w["n"], "time_optimizer_s": w["opt"] / w["n"],
+             "bad_samples": self.bad.total_bad}
+        for k in ("assignment_entropy", "prototype_usage"):
+            if k in stats:
+                m[k] = float(stats[k])
+        return m

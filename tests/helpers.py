@@ -1,0 +1,18 @@
+"""Shared test helpers: a tiny but real training recipe, and where the shared photos are."""
+import os
+from pathlib import Path
+
+from ssl_scale.config import load_config
+
+SHARED = Path(os.environ.get("SSL_SCALE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+TINY = [
+    "data.batch_size=16", "data.num_workers=0", "run.progress=false", "run.tensorboard=false",
+    "run.log_every=1", "eval.knn_at_end=false", "loss.freeze_prototypes_iters=1", "train.precision=fp32",
+    "data.crops=[{size: 16, count: 2, scale: [0.3, 1.0], blur_p: 0.0}, {size: 8, count: 2, scale: [0.1, 0.5], blur_p: 0.0}]",
+]
+
+
+def tiny_config(run_dir, *overrides):
+    """The quickstart recipe shrunk to 16/8-pixel crops and 16 images per process."""
+    return load_config("quickstart", [f"run.dir={run_dir}", *TINY, *overrides])

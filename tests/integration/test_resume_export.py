@@ -1,0 +1,59 @@
+"""Exact resume (N + N steps == 2N steps, bitwise), resume picks only complete checkpoints, export."""
+import json
+
+import pytest
+import torch
+
+from ssl_scale.checkpoint.export import export_trunk
+from ssl_scale.cli import main as cli_main
+from ssl_scale.models.trunks import torchvision_reference
+from ssl_scale.train.trainer import Trainer
+
+from tests.helpers import tiny_config
+
+QUEUE = ["loss.queue_length=32", "loss.queue_start_epoch=0"]  # the queue is run state too
+
+
+def _fit(run_dir, steps, *extra):
+    t = Trainer(tiny_config(run_dir, f"train.max_steps={steps}", "run.checkpoint_every=3", *QUEUE, *extra))
+    t.fit()
+    return t
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    full = _fit(tmp_path / "full", 6)
+    _fit(tmp_path / "split", 3)
+    resumed = _fit(tmp_path / "split", 6)
+    assert resumed.resumed_from.name == "step_000000003"
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert torch.equal(full.loss_fn.queue, resumed.loss_fn.queue)
+    assert torch.equal(full.optimizer.state_dict()["state"][0]["momentum_buffer"],
+                       resumed.optimizer.state_dict()["state"][0]["momentum_buffer"])
+    steps = [json.loads(l)["step"] for l in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # nothing repeated, nothing skipped
+
+
+def test_export_loads_strictly_into_torchvision(tmp_path):
+    t = _fit(tmp_path / "run", 2)
+    assert cli_main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
+    sd = torch.load(tmp_path / "out" / "trunk.pth")
+    ref = torchvision_reference("resnet18", "cifar")
+    ref.load_state_dict(sd, strict=True)
+    from safetensors.torch import load_file
+
+    st = load_file(str(tmp_path / "out" / "trunk.safetensors"))
+    assert st.keys() == sd.keys() and all(torch.equal(st[k], sd[k]) for k in sd)
+    x = torch.randn(4, 3, 28, 28)
+    ref.eval()
+    t.model.trunk.eval()
+    with torch.no_grad():
+        assert torch.allclose(ref(x), t.model.trunk(x), atol=1e-6)
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    _fit(tmp_path / "run", 1)
+    with pytest.raises(Exception, match="written by another model"):
+        Trainer(tiny_config(tmp_path / "run", "model.trunk=resnet34", "train.max_steps=2"))
