@@ -96,7 +96,8 @@ class MultiCropTransform:
         crops: the crop groups, e.g. ``[CropSpec(224, 2, 0.14, 1), CropSpec(96, 6, 0.05, 0.14)]``.
         flip_p: horizontal flip probability.
         color_jitter_p: probability of applying ColorJitter(*jitter).
-        jitter: (brightness, contrast, saturation, hue).
+        jitter: (brightness, contrast, saturation, hue), each multiplied by ``jitter_strength``
+            (SimCLR's colour-distortion strength; SwAV: 1.0 with (0.8, 0.8, 0.8, 0.2)).
         grayscale_p: random grayscale probability.
         blur_p: Gaussian blur probability, one float for all groups or one per group.
         solarize_p: solarize probability (0 disables it).
@@ -106,7 +107,8 @@ class MultiCropTransform:
     def __init__(self, crops: Sequence[CropSpec], flip_p: float = 0.5, color_jitter_p: float = 0.8,
                  jitter: Tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2), grayscale_p: float = 0.2,
                  blur_p: Union[float, Sequence[float]] = 0.5, solarize_p: float = 0.0,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 jitter_strength: float = 1.0):
         crops = [c if isinstance(c, CropSpec) else CropSpec(*c) for c in crops]
         if not crops:
             raise ValueError("MultiCropTransform needs at least one CropSpec")
@@ -118,6 +120,9 @@ class MultiCropTransform:
                 raise ValueError(f"blur_p has {len(blur_ps)} values but there are {len(crops)} crop groups")
         if len(jitter) != 4:
             raise ValueError(f"jitter must be (brightness, contrast, saturation, hue), got {tuple(jitter)}")
+        jitter = tuple(float(j) * float(jitter_strength) for j in jitter)
+        if jitter[3] > 0.5:
+            raise ValueError(f"jitter hue x jitter_strength must be <= 0.5, got {jitter[3]}")
         self.crops = crops
         self.to_image = v2.ToImage()
         self.pipelines: List[Tuple[int, v2.Compose]] = []

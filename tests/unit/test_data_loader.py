@@ -30,6 +30,16 @@ def _folder(root: Path, n: int, classes=("a", "b")) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Decode/augment with one intra-op thread in the main process too, as DataLoader workers do: tiny
+    crops gain nothing from threads, and on a shared, busy CPU the thread hand-offs cost ~30x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return FolderDataset(_folder(tmp_path_factory.mktemp("imgs"), 24))
@@ -73,6 +83,17 @@ def test_resume_at_batch_k_equals_the_uninterrupted_tail(folder):
     full = _batches(folder, epoch=1)
     _same(_batches(folder, epoch=1, start=4), full[4:])
     assert not torch.equal(full[0]["crops"][0], _batches(folder, epoch=2)[0]["crops"][0])
+
+
+def test_a_reused_persistent_loader_follows_set_epoch_and_set_start(folder):
+    tf = MultiCropTransform(CROPS, blur_p=[1.0, 0.5], solarize_p=0.2)
+    loader = build_train_loader(folder, tf, 4, 0, 1, 3, 0, num_workers=2, persistent_workers=True)
+    assert loader.persistent_workers
+    _same(list(loader), _batches(folder, epoch=0))
+    loader.batch_sampler.set_epoch(1)
+    loader.batch_sampler.set_start(2)
+    assert loader.batch_sampler.state_dict() == {"epoch": 1, "batches_done": 2} and len(loader) == 4
+    _same(list(loader), _batches(folder, epoch=1)[2:])  # same workers, new epoch's order and crops
 
 
 def test_crops_do_not_depend_on_rank_layout(folder):

@@ -93,3 +93,16 @@ def test_eval_transform():
     assert torch.equal(EvalTransform(24)(img), EvalTransform(24)(img))
     with pytest.raises(ValueError):
         EvalTransform(24, resize=20)
+
+
+def test_normalised_with_the_given_mean_and_std_and_jitter_strength_scales():
+    img = Image.new("RGB", (40, 40), (200, 100, 50))  # constant: every crop is this colour
+    t = MultiCropTransform(CROPS, flip_p=0, color_jitter_p=0, grayscale_p=0, blur_p=0)
+    want = (torch.tensor([200, 100, 50]) / 255 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    for c in t(img):
+        assert torch.allclose(c, want.view(3, 1, 1).expand_as(c), atol=1e-5)
+    jit = [s.transforms[0] for s in MultiCropTransform(CROPS, jitter_strength=0.5).pipelines[0][1].transforms
+           if type(s).__name__ == "RandomApply"][0]
+    assert jit.brightness == (0.6, 1.4) and jit.hue == (-0.1, 0.1)
+    with pytest.raises(ValueError, match="hue"):
+        MultiCropTransform(CROPS, jitter_strength=3.0)

@@ -54,3 +54,27 @@ def test_no_shuffle_and_errors():
         ResumableShardSampler(5, 0, 2, 3, 0)
     with pytest.raises(ValueError, match="rank"):
         ResumableShardSampler(10, 2, 2, 1, 0)
+
+
+def test_set_epoch_set_start_and_state_dict():
+    s = ResumableShardSampler(N, 1, W, B, 5)
+    s.set_epoch(2)
+    assert list(s) == _epoch(W, B, epoch=2)[1]
+    s.set_start(5)
+    assert list(s) == _epoch(W, B, epoch=2)[1][5:] and len(s) == 3
+    assert s.state_dict() == {"epoch": 2, "batches_done": 5}
+    fresh = ResumableShardSampler(N, 1, W, B, 5)
+    fresh.load_state_dict(s.state_dict())
+    assert list(fresh) == list(s)
+    s.set_epoch(3)  # a new epoch starts at its first batch
+    assert s.state_dict() == {"epoch": 3, "batches_done": 0} and list(s) == _epoch(W, B, epoch=3)[1]
+    with pytest.raises(ValueError, match="batches_done"):
+        s.set_start(9)
+
+
+def test_no_drop_last_wraps_around_so_every_sample_is_seen():
+    per_rank = [list(ResumableShardSampler(N, r, W, B, 5, drop_last=False)) for r in range(W)]
+    assert all(len(b) == 9 for b in per_rank) and all(len(x) == B for b in per_rank for x in b)
+    flat = [i for b in per_rank for x in b for i in x]
+    assert set(flat) == set(range(N)) and len(flat) == 108  # 8 samples seen twice to fill the last batch
+    assert list(ResumableShardSampler(3, 0, 2, 2, 0, shuffle=False, drop_last=False)) == [[0, 1]]
