@@ -1,4 +1,4 @@
-"""`ssl-scale` command line: train, config, list, export."""
+"""`ssl-scale` command line: train, config, list, export, benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="a run directory or one checkpoint directory")
     e.add_argument("out", help="output folder, or a .pth file")
     e.set_defaults(fn=cmd_export)
+    from ssl_scale.benchmarks.suite import add_benchmark_parser
+
+    add_benchmark_parser(sub)
     return p
 
 

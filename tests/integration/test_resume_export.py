@@ -7,7 +7,7 @@ import torch
 from ssl_scale.checkpoint.export import export_trunk
 from ssl_scale.cli import main as cli_main
 from ssl_scale.models.trunks import torchvision_reference
-from ssl_scale.train.trainer import Trainer
+from ssl_scale.train.trainer import Trainer, TrainingDiverged
 
 from tests.helpers import tiny_config
 
@@ -57,3 +57,37 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path):
     _fit(tmp_path / "run", 1)
     with pytest.raises(Exception, match="written by another model"):
         Trainer(tiny_config(tmp_path / "run", "model.trunk=resnet34", "train.max_steps=2"))
+
+
+def test_outputs_metrics_tensorboard_and_plot(tmp_path):
+    _fit(tmp_path / "run", 2, "run.tensorboard=true")
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "images_per_s", "world_size", "prototype_usage"} <= rows[-1].keys()
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (tmp_path / "run" / "training_curves.png").stat().st_size > 1000
+    assert (tmp_path / "run" / "config.yaml").read_text().count("batch_size: 16") == 1
+
+
+def test_non_finite_loss_stops_and_keeps_the_good_checkpoint(tmp_path):
+    _fit(tmp_path / "run", 2)
+    t = Trainer(tiny_config(tmp_path / "run", "train.max_steps=6", "run.checkpoint_every=1", *QUEUE))
+    real = t.loss_fn.forward
+    t.loss_fn.forward = lambda *a, **k: real(*a, **k) * float("nan")
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        t.fit()
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step_000000002"]
+
+
+def test_bad_images_are_skipped_and_counted(tmp_path, cifar_mini):
+    import shutil
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted((cifar_mini / "train" / "cat").glob("*.jpg"))[:46]:
+        shutil.copy(p, folder / p.name)
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not a picture")
+    _fit(tmp_path / "run", 3, "data.train.source=folder", f"data.train.path={folder}")
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["bad_samples"] == 2  # 48 files, 3 batches of 16: every file is drawn once
