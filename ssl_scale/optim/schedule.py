@@ -1,5 +1,4 @@
-"""Learning-rate schedules as pure functions of the step (the trainer sets group["lr"] each step),
-and the linear scaling rule of the learning rate with the global batch."""
+"""Stateless learning-rate schedules (warmup + cosine / constant) and the linear LR scaling rule."""
 from __future__ import annotations
 
 import math

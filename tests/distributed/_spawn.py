@@ -2,7 +2,7 @@
 
 Usage (from a test)::
 
-    from _spawn import run_distributed      # or `from ._spawn import ...` when tests/ is a package
+    from tests.distributed._spawn import run_distributed
 
     def _work(x):                            # module level, so that spawned processes can import it
         import torch.distributed as dist
@@ -44,6 +44,7 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, ou
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         if dist.is_initialized():
+            dist.barrier()  # no rank tears down gloo while a peer still talks to it
             dist.destroy_process_group()
 
 

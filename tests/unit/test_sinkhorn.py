@@ -1,69 +1,93 @@
-"""Sinkhorn-Knopp against a plain float64 loop written out here; marginals, float64, overflow."""
-import numpy as np
-import pytest
+"""Sinkhorn-Knopp against a plain-loop float64 reference, its marginals, overflow and float64 option."""
+import math
+
 import torch
 
 from ssl_scale.methods import sinkhorn_knopp
 
 
-def reference_sinkhorn(scores: np.ndarray, eps: float, iters: int) -> np.ndarray:
-    """The SwAV recipe in numpy float64, loops spelled out."""
-    Q = np.exp(scores / eps).T  # K x B
-    K, B = Q.shape
-    Q = Q / Q.sum()
+def reference_sinkhorn(scores, eps, iters):
+    """Written out with python loops over prototypes and samples, in float64."""
+    s = scores.double().tolist()
+    b, k = len(s), len(s[0])
+    top = max(max(row) for row in s)
+    q = [[math.exp((s[i][j] - top) / eps) for i in range(b)] for j in range(k)]  # (K, B)
+    total = sum(sum(row) for row in q)
+    q = [[v / total for v in row] for row in q]
     for _ in range(iters):
-        for k in range(K):
-            Q[k, :] = Q[k, :] / Q[k, :].sum() / K
-        for b in range(B):
-            Q[:, b] = Q[:, b] / Q[:, b].sum() / B
-    return (Q * B).T
+        for j in range(k):
+            r = sum(q[j])
+            q[j] = [v / r / k for v in q[j]]
+        for i in range(b):
+            c = sum(q[j][i] for j in range(k))
+            for j in range(k):
+                q[j][i] = q[j][i] / c / b
+    return torch.tensor([[q[j][i] * b for j in range(k)] for i in range(b)], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("iters", [1, 3, 10])
-def test_equals_reference_loop(iters):
-    g = torch.Generator().manual_seed(0)
-    scores = torch.nn.functional.normalize(torch.randn(12, 8, generator=g), dim=1)  # cosine-like scores
-    ref = reference_sinkhorn(scores.double().numpy(), 0.05, iters)
-    q = sinkhorn_knopp(scores, epsilon=0.05, iterations=iters)
-    assert q.shape == (12, 8) and q.dtype == torch.float32
-    np.testing.assert_allclose(q.numpy(), ref, rtol=1e-4, atol=1e-7)
+def _scores(b=12, k=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(b, 5, generator=g), dim=1)
+    c = torch.nn.functional.normalize(torch.randn(k, 5, generator=g), dim=1)
+    return z @ c.t()
 
 
-@pytest.mark.parametrize("iters,row_tol", [(3, 0.1), (300, 1e-6)])
-def test_marginals_after_final_scaling(iters, row_tol):
-    g = torch.Generator().manual_seed(1)
-    B, K = 20, 5
-    q = sinkhorn_knopp(torch.randn(B, K, generator=g).double(), epsilon=0.5, iterations=iters)
-    # The last step normalises samples: each sample's code sums to 1 exactly ...
-    torch.testing.assert_close(q.sum(dim=1), torch.ones(B, dtype=torch.float64))
-    # ... and prototypes share the batch: each gets B/K of the mass (exactly once converged).
-    torch.testing.assert_close(q.sum(dim=0), torch.full((K,), B / K, dtype=torch.float64), rtol=row_tol, atol=0)
-    assert (q >= 0).all()
+def test_matches_reference_loop():
+    scores = _scores().double()
+    for iters in (1, 3, 5):
+        got = sinkhorn_knopp(scores, 0.05, iters)
+        assert got.dtype == torch.float64 and got.shape == scores.shape
+        torch.testing.assert_close(got, reference_sinkhorn(scores, 0.05, iters), rtol=1e-10, atol=1e-12)
 
 
-def test_float64_option_matches_reference_tightly():
-    g = torch.Generator().manual_seed(2)
-    scores = torch.rand(16, 6, generator=g) * 2 - 1
-    ref = reference_sinkhorn(scores.double().numpy(), 0.05, 3)
-    q64 = sinkhorn_knopp(scores, epsilon=0.05, iterations=3, use_float64=True)
-    assert q64.dtype == torch.float32  # float32 in, float32 out; only the arithmetic is float64
-    np.testing.assert_allclose(q64.numpy(), ref, rtol=1e-6, atol=1e-9)
-    assert sinkhorn_knopp(scores.double(), 0.05, 3).dtype == torch.float64
+def test_float32_close_to_reference():
+    scores = _scores(seed=1)
+    got = sinkhorn_knopp(scores, 0.05, 3)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), reference_sinkhorn(scores, 0.05, 3), rtol=1e-4, atol=1e-5)
 
 
-def test_large_scores_do_not_overflow():
-    g = torch.Generator().manual_seed(3)
-    big = torch.rand(10, 7, generator=g) + 1000.0
-    # exp(1000 / 0.05) overflows any float; the global max subtraction makes it a common factor,
-    # so the codes are those of the scores without the offset.
-    ref = reference_sinkhorn(big.double().numpy() - 1000.0, 0.05, 3)
-    for use_float64 in (False, True):
-        q = sinkhorn_knopp(big, epsilon=0.05, iterations=3, use_float64=use_float64)
-        assert torch.isfinite(q).all()
-        np.testing.assert_allclose(q.numpy(), ref, rtol=1e-4, atol=1e-7)
+def test_marginals():
+    b, k = 16, 4
+    scores = _scores(b, k, seed=2)
+    q = sinkhorn_knopp(scores.double(), 0.5, 3)
+    torch.testing.assert_close(q.sum(1), torch.ones(b, dtype=torch.float64))  # each sample: a distribution
+    q = sinkhorn_knopp(scores.double(), 0.5, 200)  # converged: each prototype gets B / K of the mass
+    torch.testing.assert_close(q.sum(0), torch.full((k,), b / k, dtype=torch.float64), rtol=1e-6, atol=1e-6)
 
 
-def test_no_gradient_flows():
-    scores = torch.randn(4, 3, requires_grad=True)
+def test_huge_scores_do_not_overflow():
+    base = _scores(seed=3)
+    scores = base + 1e4  # exp(score / eps) alone would be inf, even in float64
+    assert torch.isinf(torch.exp(scores.double() / 0.05)).all()
     q = sinkhorn_knopp(scores, 0.05, 3)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(1), torch.ones(q.shape[0]))
+    # a constant shift of every score changes nothing (up to float32 rounding of the shifted scores)
+    torch.testing.assert_close(q.double(), reference_sinkhorn(base, 0.05, 3), rtol=0.05, atol=1e-3)
+    torch.testing.assert_close(sinkhorn_knopp(base.double() + 1e4, 0.05, 3), reference_sinkhorn(base, 0.05, 3))
+
+
+def test_float64_option():
+    scores = _scores(seed=4)
+    q = sinkhorn_knopp(scores, 0.01, 3, use_float64=True)
+    assert q.dtype == torch.float32  # computed in float64, returned in the scores' float32
+    torch.testing.assert_close(q.double(), reference_sinkhorn(scores, 0.01, 3), rtol=1e-6, atol=1e-7)
+
+
+def test_no_grad_and_reduce_callables_called():
+    scores = _scores().requires_grad_()
+    calls = {"sum": 0, "max": 0}
+
+    def rsum(t):
+        calls["sum"] += 1
+        return t
+
+    def rmax(t):
+        calls["max"] += 1
+        return t
+
+    q = sinkhorn_knopp(scores, 0.05, 3, reduce_sum=rsum, reduce_max=rmax)
     assert not q.requires_grad
+    assert calls == {"sum": 1 + 3, "max": 1}
+    torch.testing.assert_close(q, sinkhorn_knopp(scores, 0.05, 3))
