@@ -9,7 +9,8 @@ from typing import List, Optional
 log = logging.getLogger("ssl_scale")
 
 KINDS = {"trunks": "trunk", "heads": "head", "losses": "loss", "datasets": "dataset", "transforms": "transform",
-         "optimizers": "optimizer", "schedules": "schedule"}
+         "optimizers": "optimizer", "schedules": "schedule",
+         "evaluations": "evaluation"}
 
 
 def _setup_logging(quiet: bool = False) -> None:

@@ -1,6 +1,7 @@
 """Every registry of the engine, filled by importing the modules that register into them."""
 from __future__ import annotations
 
+from ssl_scale.benchmarks.evals import EVALUATIONS
 from ssl_scale.data import DATASETS, TRANSFORMS
 from ssl_scale.methods import LOSSES
 from ssl_scale.models.heads import HEADS
@@ -15,4 +16,5 @@ REGISTRIES = {
     "transform": TRANSFORMS,
     "optimizer": OPTIMIZERS,
     "schedule": SCHEDULES,
+    "evaluation": EVALUATIONS,
 }
