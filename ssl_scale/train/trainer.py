@@ -165,7 +165,8 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         return self.ckpt.save(self.step, self.state_dict(),
-                              info={"trunk": self.cfg.model.trunk, "stem": self.cfg.model.stem})
+                              info={"trunk": self.cfg.model.trunk, "stem": self.cfg.model.stem,
+                                    "stop_step": self.derived.stop_step, "final": self.step >= self.derived.stop_step})
 
     # ----- training ----------------------------------------------------------------------------
     def _autocast(self):
