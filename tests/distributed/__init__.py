@@ -1,1 +1,1 @@
-"""Multi-process (gloo, CPU) tests; ``tests.distributed.spawn.run_distributed`` is the shared launcher."""
+"""Multi-process (gloo, CPU) tests; ``tests.distributed._spawn.run_distributed`` is the shared launcher."""
