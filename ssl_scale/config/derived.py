@@ -15,7 +15,8 @@ class Derived:
     stop_step: int  # where this run stops: total_steps, or train.max_steps when smaller
     warmup_steps: int
     lr: float  # peak learning rate after the scaling rule
-    queue_length: int  # per process, rounded down to a multiple of the global batch
+    queue_length_total: int  # over all processes, rounded down to a multiple of the global batch
+    queue_length: int  # rows each process keeps: queue_length_total / world_size (as in SwAV)
 
     def lines(self) -> list[str]:
         return [f"{k} = {v}" for k, v in asdict(self).items()]
@@ -39,4 +40,4 @@ def derive(cfg, world_size: int, dataset_len: int) -> Derived:
         if q == 0:
             raise ConfigError(f"'loss.queue_length': {cfg.loss.queue_length} is shorter than one global batch ({global_batch}); raise it or set 0")
     return Derived(world_size, global_batch, sum(c.count for c in cfg.data.crops), steps, total, stop,
-                   int(round(cfg.schedule.warmup_epochs * steps)), lr, q)
+                   int(round(cfg.schedule.warmup_epochs * steps)), lr, q, q // world_size)

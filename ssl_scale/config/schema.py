@@ -97,7 +97,7 @@ class LossConfig:
     epsilon: float = 0.05  # Sinkhorn entropic regularisation
     sinkhorn_iterations: int = 3
     crops_for_assign: List[int] = field(default_factory=lambda: [0, 1])
-    queue_length: int = 0  # per process; 0 = no queue. Rounded down to a multiple of the global batch
+    queue_length: int = 0  # over all processes (SwAV: 3,840 at batch 256); 0 = no queue. Rounded down to a multiple of the global batch, split evenly over the processes
     queue_start_epoch: int = 15
     use_float64: bool = False  # Sinkhorn in float64
     freeze_prototypes_iters: int = 313  # prototype gradients cancelled for this many steps

@@ -100,9 +100,11 @@ def test_derived_values_scale_lr_and_round_queue(tmp_path):
     d = derive(load_config(p, ["loss.queue_length=0"]), world_size=64, dataset_len=4096 * 10)
     assert d.global_batch == 4096 and d.lr == pytest.approx(4.8) and d.queue_length == 0
     d4 = derive(cfg, world_size=4, dataset_len=10000)  # global batch 256: 3840 is already a multiple
-    assert (d4.queue_length, d4.steps_per_epoch, d4.total_steps, d4.stop_step) == (3840, 39, 78, 5)
-    d3 = derive(cfg, world_size=3, dataset_len=10000)  # global batch 192 -> 3840 = 20 x 192
-    assert d3.queue_length == 3840 and derive(cfg, 5, 10000).queue_length == 3840 // 320 * 320
+    assert (d4.queue_length_total, d4.queue_length, d4.steps_per_epoch, d4.total_steps, d4.stop_step) == (3840, 960, 39, 78, 5)
+    d3 = derive(cfg, world_size=3, dataset_len=10000)  # global batch 192 -> 3840 = 20 x 192, 1280 per process
+    assert (d3.queue_length_total, d3.queue_length) == (3840, 1280)
+    d5 = derive(cfg, 5, 10000)  # global batch 320 -> 3840 = 12 x 320, 768 per process
+    assert (d5.queue_length_total, d5.queue_length) == (3840, 768)
     assert cfg.loss.queue_length == 3840  # the user's value is untouched
     with pytest.raises(ConfigError, match="cannot fill one global batch"):
         derive(cfg, world_size=1, dataset_len=10)
