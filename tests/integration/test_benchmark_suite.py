@@ -5,7 +5,6 @@ plain torchvision state dict). The trained trunk must lead on every evaluation, 
 byte-identical results.json without extracting any feature again."""
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -19,17 +18,8 @@ from ssl_scale.benchmarks.suite import main, run_suite
 from ssl_scale.data import TRANSFORMS
 from ssl_scale.models.trunks import torchvision_reference
 
-SHARED = Path(os.environ.get("SSL_SCALE_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 SIZE = 16
-
-
-@pytest.fixture
-def cifar_root():
-    root = SHARED / "cifar10-mini"
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
-        pytest.skip(f"shared photos not found at {root} (set SSL_SCALE_SHARED_DATA)")
-    return root
 
 
 def train_supervised_trunk(train_dir: Path, out: Path, steps: int = 60, batch: int = 64, seed: int = 0) -> Path:
@@ -64,12 +54,12 @@ def train_supervised_trunk(train_dir: Path, out: Path, steps: int = 60, batch: i
 
 
 @pytest.mark.slow
-def test_benchmark_suite_random_vs_trained(tmp_path, cifar_root, capsys, request):
+def test_benchmark_suite_random_vs_trained(tmp_path, cifar_mini, capsys, request):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the CPU is shared: one thread is faster than oversubscribed two
     request.addfinalizer(lambda: torch.set_num_threads(threads))
     t0 = time.perf_counter()
-    ckpt = train_supervised_trunk(cifar_root / "train", tmp_path / "supervised_resnet18_cifar.pth")
+    ckpt = train_supervised_trunk(cifar_mini / "train", tmp_path / "supervised_resnet18_cifar.pth")
     t_train = time.perf_counter() - t0
     suite = {
         "name": "cifar_subset",
@@ -77,7 +67,7 @@ def test_benchmark_suite_random_vs_trained(tmp_path, cifar_root, capsys, request
         "seed": 0,
         "device": "cpu",
         "features": {"batch_size": 250, "cache_dir": str(tmp_path / "cache")},
-        "datasets": {"cifar": {"path": str(cifar_root), "image_size": SIZE, "max_per_class": 100,
+        "datasets": {"cifar": {"path": str(cifar_mini), "image_size": SIZE, "max_per_class": 100,
                                "max_per_class_test": 50, "mean": MEAN, "std": STD}},
         "evaluations": [
             {"name": "knn", "dataset": "cifar", "k": 20},

@@ -1,10 +1,8 @@
 """Feature extraction (pooled and earlier stages), the on-disk feature cache (a second evaluation on the
 same features extracts nothing), deterministic results, and --watch on a run whose checkpoints appear."""
 import json
-import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,24 +14,16 @@ from ssl_scale.benchmarks.suite import load_suite, run_suite, watch_run
 from ssl_scale.data import TRANSFORMS
 from ssl_scale.models.trunks import build_trunk
 
-SHARED = Path(os.environ.get("SSL_SCALE_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
 CLASSES = ["airplane", "automobile", "bird", "cat"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def lists(tmp_path):
+def lists(tmp_path, cifar_mini):
     """File lists of real cifar10-mini photos: 6 train and 3 test images for each of 4 classes."""
-    root = SHARED / "cifar10-mini"
-    if not (root / "train").is_dir():
-        pytest.skip(f"shared photos not found at {root} (set SSL_SCALE_SHARED_DATA)")
+    root = cifar_mini
     for split, n in (("train", 6), ("test", 3)):
         lines = [f"{p} {c}" for c in CLASSES for p in sorted((root / split / c).glob("*.jpg"))[:n]]
         (tmp_path / f"{split}.txt").write_text("\n".join(lines) + "\n")

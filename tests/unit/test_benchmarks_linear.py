@@ -8,12 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from ssl_scale.benchmarks.linear import Standardiser, fit_logistic, linear_probe, stratified_holdout
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _digits():

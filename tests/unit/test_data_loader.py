@@ -1,7 +1,6 @@
 """Training loader: bitwise-equal batches across worker counts, rank layouts and resumes; bad-sample handling."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,6 @@ from ssl_scale.data import BadDataCounter, DataError, FolderDataset, build_train
 from ssl_scale.data.multicrop import CropSpec, MultiCropTransform
 
 CROPS = [CropSpec(24, 2, 0.3, 1.0), CropSpec(12, 2, 0.1, 0.3)]
-
-
-def shared_data() -> Path:
-    env = os.environ.get("SSL_SCALE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def _folder(root: Path, n: int, classes=("a", "b")) -> Path:
@@ -196,10 +190,8 @@ def test_bad_data_counter_round_trips_through_dcp_into_a_fresh_counter(tmp_path)
     assert fresh.state_dict() == c.state_dict()
 
 
-def test_real_cifar10_mini_folder_loads():
-    root = shared_data() / "cifar10-mini" / "test"
-    if not root.is_dir():
-        pytest.skip(f"real photos not found at {root} (set SSL_SCALE_SHARED_DATA to the shared data folder)")
+def test_real_cifar10_mini_folder_loads(cifar_mini):
+    root = cifar_mini / "test"
     ds = FolderDataset(root)
     assert len(ds) == 2000 and len(ds.classes) == 10 and "airplane" in ds.classes
     tf = MultiCropTransform([CropSpec(32, 2, 0.14, 1.0), CropSpec(16, 2, 0.05, 0.14)])
