@@ -13,9 +13,31 @@ def _warmup(step: int, start_lr: float, peak_lr: float, warmup_steps: int) -> fl
     return start_lr + (peak_lr - start_lr) * step / warmup_steps
 
 
+@dataclass(frozen=True)
+class _WarmupSchedule:
+    """Linear warmup from start_lr to peak_lr over [0, warmup_steps), then `after_warmup(step)`."""
+
+    peak_lr: float
+    total_steps: int = 0
+    warmup_steps: int = 0
+    start_lr: float = 0.0
+    final_lr: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return _warmup(step, self.start_lr, self.peak_lr, self.warmup_steps)
+        return self.after_warmup(step)
+
+    def lr_at(self, step: int) -> float:
+        return self(step)
+
+    def after_warmup(self, step: int) -> float:
+        raise NotImplementedError
+
+
 @SCHEDULES.register("cosine", "linear warmup from start_lr to the peak, then cosine to final_lr at total_steps")
 @dataclass(frozen=True)
-class CosineSchedule:
+class CosineSchedule(_WarmupSchedule):
     """lr(step): start_lr -> peak_lr linearly over [0, warmup_steps), then
     final_lr + (peak_lr - final_lr) * (1 + cos(pi * t)) / 2 with t = (step - warmup) / (total - warmup),
     and final_lr from total_steps on.
@@ -28,39 +50,23 @@ class CosineSchedule:
         final_lr: learning rate at total_steps (SwAV: peak_lr * 0.001).
     """
 
-    peak_lr: float
-    total_steps: int
-    warmup_steps: int = 0
-    start_lr: float = 0.0
-    final_lr: float = 0.0
+    def __post_init__(self):
+        if self.total_steps <= 0:
+            raise ValueError(f"a cosine schedule needs total_steps > 0, got {self.total_steps}")
 
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return _warmup(step, self.start_lr, self.peak_lr, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         t = min((step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1), 1.0)
         return self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (1.0 + math.cos(math.pi * t))
-
-    lr_at = __call__
 
 
 @SCHEDULES.register("constant", "linear warmup from start_lr to the peak (if warmup_steps > 0), then constant")
 @dataclass(frozen=True)
-class ConstantSchedule:
+class ConstantSchedule(_WarmupSchedule):
     """lr(step) = peak_lr after an optional linear warmup from start_lr; total_steps and final_lr
     are accepted (the trainer passes every schedule the same arguments) and unused."""
 
-    peak_lr: float
-    total_steps: int = 0
-    warmup_steps: int = 0
-    start_lr: float = 0.0
-    final_lr: float = 0.0
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return _warmup(step, self.start_lr, self.peak_lr, self.warmup_steps)
+    def after_warmup(self, step: int) -> float:
         return self.peak_lr
-
-    lr_at = __call__
 
 
 def scale_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
