@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import DictConfig
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ssl_scale.checkpoint import CheckpointManager, latest_checkpoint
+from ssl_scale.checkpoint.state import load_model_optim_state, model_optim_state
 from ssl_scale.config import ConfigError, to_yaml
 from ssl_scale.config.derived import Derived, derive
 from ssl_scale.data.loader import BadDataCounter, build_train_loader
-from ssl_scale.distributed import DistEnv, all_reduce_sum, barrier, init_distributed, parallelize, reduce_fns, unwrap
+from ssl_scale.distributed import DistEnv, all_reduce_sum, init_distributed, parallelize, reduce_fns, unwrap
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
 from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
 from ssl_scale.train.build import build_dataset, build_multicrop, build_ssl_model
@@ -41,6 +39,17 @@ def prepare_run_dir(path: Path, is_main: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"'run.dir': cannot write to {str(path)!r} ({e.strerror}); choose another run.dir") from None
+
+
+def _new_window() -> Dict[str, float]:
+    """Sums over the steps since the last log line: images, wall time and its split, step count."""
+    return {"images": 0, "time": 0.0, "data": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0, "n": 0}
+
+
+def _raise_if_diverged(nonfinite: torch.Tensor, step: int) -> None:
+    if bool(nonfinite):
+        raise TrainingDiverged(f"loss became non-finite before step {step}; the last good checkpoint is kept "
+                               f"and no newer one was written (lower optim.base_lr, or try train.precision=fp32)")
 
 
 class Trainer:
@@ -115,7 +124,7 @@ class Trainer:
 
     # ----- state -------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        model_sd, optim_sd = get_state_dict(self.ddp_model, self.optimizer)
+        model_sd, optim_sd = model_optim_state(self.ddp_model, self.optimizer)
         # State that differs between ranks is stored under the rank's own key.
         per_rank = {"loss": self.loss_fn.state_dict(), "rng": torch.get_rng_state()}
         progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -136,7 +145,7 @@ class Trainer:
             state.pop("bad_data")
         self._check_model_keys(path, stored, state["model"])
         CheckpointManager.load(path, state)
-        set_state_dict(self.ddp_model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        load_model_optim_state(self.ddp_model, self.optimizer, state["model"], state["optim"])
         p = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
         if p["world_size"] != self.env.world_size:
@@ -218,14 +227,13 @@ class Trainer:
                          cfg.run.tensorboard, self.num_prototypes)
         self.ddp_model.train()
         last_loss = float("nan")
-        window = {"images": 0, "time": 0.0, "data": 0.0, "fwd": 0.0, "bwd": 0.0, "opt": 0.0, "n": 0}
+        window = _new_window()
         loss_sum = torch.zeros((), device=self.env.device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.env.device)
         try:
             while self.step < d.stop_step:
-                loader = self._loader()
                 t_wait = time.perf_counter()
-                for batch in loader:
+                for batch in self._loader():
                     t_got = time.perf_counter()
                     self.bad.update(len(batch["labels"]), batch["bad"])
                     crops = [c.to(self.env.device, non_blocking=True) for c in batch["crops"]]
@@ -236,9 +244,8 @@ class Trainer:
                     self.batch_in_epoch += 1
                     nonfinite |= ~torch.isfinite(out["loss"])
                     loss_sum += out["loss"]
-                    now = time.perf_counter()
                     window["images"] += len(batch["labels"]) * self.env.world_size
-                    window["time"] += now - t_wait
+                    window["time"] += time.perf_counter() - t_wait
                     window["data"] += t_got - t_wait
                     window["fwd"] += out["t_forward"]
                     window["bwd"] += out["t_backward"]
@@ -247,27 +254,20 @@ class Trainer:
                     tele.advance()
                     at_end = self.step >= d.stop_step
                     if self.step % cfg.run.log_every == 0 or at_end:
-                        if bool(nonfinite):  # host sync only at logging intervals
-                            raise TrainingDiverged(
-                                f"loss became non-finite before step {self.step}; the last good checkpoint "
-                                f"is kept (lower optim.base_lr, or try train.precision=fp32)")
+                        _raise_if_diverged(nonfinite, self.step)  # host sync only at logging intervals
                         last_loss = float(all_reduce_sum(loss_sum)) / (window["n"] * self.env.world_size)
                         tele.log(self._metrics(last_loss, out["lr"], window))
                         loss_sum.zero_()
-                        window = dict.fromkeys(window, 0)
-                        window["time"] = 0.0
+                        window = _new_window()
                     if self.step % cfg.run.checkpoint_every == 0 or at_end:
-                        if bool(nonfinite):
-                            raise TrainingDiverged(f"loss became non-finite before step {self.step}; no checkpoint written")
+                        _raise_if_diverged(nonfinite, self.step)
                         self.save_checkpoint()
                     if at_end:
                         break
                     t_wait = time.perf_counter()
-                else:
+                else:  # the epoch ran out before the run's end
                     self.epoch += 1
                     self.batch_in_epoch = 0
-                    continue
-                break
         finally:
             tele.close()
         return {"step": self.step, "epoch": self.epoch, "loss": last_loss, "run_dir": str(self.run_dir)}
