@@ -132,10 +132,4 @@ def resolve_checkpoint_spec(spec: str, trunk: str, stem: str, seed: int = 0) -> 
     t, s = info.get("trunk") or trunk, info.get("stem") or stem
     marker = ckpt / COMPLETE
     ident = {**_file_identity(marker), "checkpoint": str(ckpt.resolve()), "trunk": t, "stem": s}
-    step = None
-    if ckpt.name.startswith("step_"):
-        try:
-            step = int(ckpt.name[5:])
-        except ValueError:
-            pass
-    return TrunkSource(spec, t, s, ident, sd, seed, step)
+    return TrunkSource(spec, t, s, ident, sd, seed, info.get("step"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -21,11 +21,10 @@ TRUNK_PREFIX = "model.trunk."
 def checkpoint_info(ckpt: Path) -> Dict[str, str]:
     """trunk name and stem recorded with the checkpoint (or in the run's config.yaml)."""
     info = json.loads((ckpt / COMPLETE).read_text()) if (ckpt / COMPLETE).is_file() else {}
-    if "trunk" not in info:
-        for cfg_path in (ckpt.parent.parent / "config.yaml",):
-            if cfg_path.is_file():
-                model = (yaml.safe_load(cfg_path.read_text()) or {}).get("model", {})
-                info.update(trunk=model.get("trunk"), stem=model.get("stem", "imagenet"))
+    run_config = ckpt.parent.parent / "config.yaml"
+    if "trunk" not in info and run_config.is_file():
+        model = (yaml.safe_load(run_config.read_text()) or {}).get("model", {})
+        info.update(trunk=model.get("trunk"), stem=model.get("stem", "imagenet"))
     return info
 
 

@@ -70,13 +70,6 @@ def _field_types(cls) -> Dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _dataclass_of(tp) -> Optional[type]:
-    """The dataclass inside a (possibly Optional / List) annotation, with whether it is a list."""
-    if dataclasses.is_dataclass(tp):
-        return tp
-    return None
-
-
 def check_keys(data: Any, cls, prefix: str, source: str) -> None:
     """Reject keys that the schema does not know, naming the dotted key and suggesting a close one."""
     if not isinstance(data, dict):
@@ -89,8 +82,8 @@ def check_keys(data: Any, cls, prefix: str, source: str) -> None:
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys here: {', '.join(types)}"
             raise ConfigError(f"{source}: unknown key '{dotted}'{hint}")
         tp = types[key]
-        sub = _dataclass_of(tp)
-        if sub is not None:
+        if dataclasses.is_dataclass(tp):
+            sub = tp
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{dotted}' is a section, set its keys (e.g. {dotted}.{next(iter(_field_types(sub)))}=...)")
             check_keys(value, sub, dotted + ".", source)

@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-from ssl_scale.checkpoint.export import export_trunk
 from ssl_scale.cli import main as cli_main
 from ssl_scale.models.trunks import torchvision_reference
 from ssl_scale.train.trainer import Trainer, TrainingDiverged

@@ -1,5 +1,4 @@
 """Checkpoints count only once complete; retention keeps the newest N; crashed writes are ignored."""
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ import torch.nn as nn
 
 from ssl_scale.models import SwAVModel, build_model, group_by_resolution
 from ssl_scale.models.heads import HEADS, SwAVHead
-from ssl_scale.models.trunks import build_trunk
 
 torch.set_num_threads(1)
 

@@ -48,7 +48,7 @@ def build_trunk(name: str, stem: str = "imagenet", device: Optional[Union[str, t
 def torchvision_reference(name: str, stem: str = "imagenet",
                           device: Optional[Union[str, torch.device]] = None) -> nn.Module:
     """The plain torchvision model (fc = Identity, same stem) into which exported trunk weights load strictly."""
-    from .regnet import REGNET_SIZES, torchvision_regnet
+    from .regnet import torchvision_regnet  # REGNET_SIZES is imported at module level below
     from .resnet import torchvision_resnet
 
     TRUNKS.get(name)  # an unknown name fails with the list of valid ones
