@@ -8,6 +8,8 @@ from typing import Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_scale.data import BadSample, DataError
+
 POOLED = "pooled"
 STAGE_NAMES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -20,7 +22,11 @@ class _Transformed(Dataset):
         return len(self.base)
 
     def __getitem__(self, i):
-        img, label = self.base[i]
+        item = self.base[i]
+        if isinstance(item, BadSample):  # evaluation sets must be complete: name the file, don't skip it
+            raise DataError(f"image {item.key!r} cannot be used for feature extraction ({item.reason}); "
+                            "remove or replace it")
+        img, label = item
         return self.transform(img), label
 
 

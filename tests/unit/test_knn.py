@@ -36,3 +36,17 @@ def test_knn_top5_counts_label_in_five_best_classes():
     assert scores.argmax().item() == 0
     assert knn_accuracy(xtr, ytr, xte, torch.tensor([4]), k=6, temperature=1.0) == {"top1": 0.0, "top5": 1.0}
     assert knn_accuracy(xtr, ytr, xte, torch.tensor([5]), k=6, temperature=1.0)["top5"] == 0.0
+
+
+def test_feature_extraction_names_an_unusable_image(tmp_path):
+    import pytest
+    from PIL import Image
+
+    from ssl_scale.benchmarks.features import extract_features
+    from ssl_scale.data import DATASETS, TRANSFORMS, DataError
+
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "good.png")
+    (tmp_path / "broken.jpg").write_bytes(b"")
+    ds = DATASETS.get("folder")(tmp_path)
+    with pytest.raises(DataError, match="broken.jpg.*zero_bytes"):
+        extract_features(torch.nn.Flatten(), ds, TRANSFORMS.get("eval")(8), batch_size=2)
