@@ -61,8 +61,8 @@ class TrainJob:
             log.info("run %s already finished at step %s: nothing to do", cfg.run.dir, done)
             return {"step": done, "run_dir": cfg.run.dir, "stopped": False, "already_finished": True}
         usr = submitit.JobEnvironment._usr_sig()  # what SLURM sends slurm.signal_delay_s before the end
-        stop = StopOnSignal([usr, signal.SIGTERM])
-        result = train(cfg, stop=stop)
+        with StopOnSignal([usr, signal.SIGTERM]) as stop:
+            result = train(cfg, stop=stop)
         if not result["stopped"]:
             return result
         step = result["step"]

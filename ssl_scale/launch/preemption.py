@@ -28,6 +28,14 @@ class StopOnSignal:
     def __call__(self) -> bool:
         return self.signum is not None
 
+    def __enter__(self) -> "StopOnSignal":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Put the previous handlers back (a signal after training is theirs again)."""
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+
     def previous(self, signum: int):
         """The handler that was installed for `signum` before this one (e.g. submitit's requeue handler)."""
         return self._previous.get(signum)
