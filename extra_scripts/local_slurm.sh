@@ -60,7 +60,6 @@ ReturnToService=2
 SchedulerType=sched/backfill
 # schedule every second, so that a requeued job starts as soon as it may (a test waits for it)
 SchedulerParameters=sched_interval=1,bf_interval=1
-KillWait=10
 # a requeued job waits cred_expire seconds before it may start again (SLURM's default: 120)
 AuthInfo=cred_expire=5
 MinJobAge=60
