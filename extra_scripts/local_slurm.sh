@@ -89,6 +89,10 @@ start() {
         || die "slurmctld/slurmd/munged not installed; run: $0 install"
     mkdir -p "$STATE"
     chmod 777 "$STATE" 2>/dev/null || true
+    if ! getent hosts "$(hostname)" >/dev/null; then  # slurmctld must resolve its own host name
+        echo "local_slurm.sh: adding '127.0.0.1 $(hostname)' to /etc/hosts (the host name did not resolve)" >&2
+        echo "127.0.0.1 $(hostname)" >> /etc/hosts
+    fi
     write_conf
     start_munge
     alive slurmctld || slurmctld

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -107,7 +108,10 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"command line: override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            # YAML 1.1 reads "1:00:00" as the base-60 integer 3600; keep such text a string, so that a
+            # time written SLURM's way is refused by the key's type instead of silently meaning 3600.
+            sexagesimal = re.fullmatch(r"[-+]?\d+(:[0-5]?\d)+", raw.strip())
+            value = raw if sexagesimal else (yaml.safe_load(raw) if raw != "" else "")
         except yaml.YAMLError:
             value = raw
         node = out

@@ -24,6 +24,7 @@ def test_slurm_time_rejects_garbage():
 
 @pytest.mark.parametrize("override,needle", [
     ("slurm.timeout_min=2h", "'slurm.timeout_min'"),
+    ("slurm.timeout_min=1:00:00", "'slurm.timeout_min'"),  # not YAML's base-60 integer 3600
     ("slurm.timeout_min=0", "'slurm.timeout_min': must be positive"),
     ("slurm.tasks_per_node=0", "'slurm.tasks_per_node'"),
     ("slurm.partiton=gpu", "did you mean 'slurm.partition'"),
