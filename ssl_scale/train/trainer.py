@@ -53,6 +53,16 @@ def _raise_if_diverged(nonfinite: torch.Tensor, step: int) -> None:
                                f"and no newer one was written (lower optim.base_lr, or try train.precision=fp32)")
 
 
+def _drop_unsaved_optimizer_state(optim_sd: Dict[str, Any], stored: Dict[str, Any]) -> None:
+    """Parameters that had no optimizer state when the checkpoint was written (the prototypes while
+    frozen: their grad is None, so momentum never started) keep none on load either, exactly as in
+    the uninterrupted run; every other expected entry must be there."""
+    per_param = optim_sd.get("state", {})
+    for fqn in list(per_param):
+        if not any(k.startswith(f"optim.state.{fqn}.") for k in stored):
+            del per_param[fqn]
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, env: Optional[DistEnv] = None):
         self.cfg = cfg
@@ -145,6 +155,7 @@ class Trainer:
         if not any(k.startswith("bad_data") for k in stored):
             state.pop("bad_data")
         self._check_model_keys(path, stored, state["model"])
+        _drop_unsaved_optimizer_state(state["optim"], stored)
         CheckpointManager.load(path, state)
         load_model_optim_state(self.ddp_model, self.optimizer, state["model"], state["optim"])
         p = state["progress"]

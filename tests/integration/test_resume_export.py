@@ -35,6 +35,18 @@ def test_resume_is_bitwise_exact(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]  # nothing repeated, nothing skipped
 
 
+def test_resume_from_a_checkpoint_written_while_prototypes_are_frozen(tmp_path):
+    # At step 2 of 4 frozen steps the prototypes have no momentum yet; resuming must not demand one.
+    frozen = ["loss.freeze_prototypes_iters=4", "run.checkpoint_every=2"]
+    full = _fit(tmp_path / "full", 6, *frozen)
+    _fit(tmp_path / "split", 2, *frozen)
+    resumed = _fit(tmp_path / "split", 6, *frozen)
+    assert resumed.resumed_from.name == "step_000000002"
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_export_loads_strictly_into_torchvision(tmp_path):
     t = _fit(tmp_path / "run", 2)
     assert cli_main(["export", str(tmp_path / "run"), str(tmp_path / "out")]) == 0
