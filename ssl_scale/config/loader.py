@@ -174,8 +174,10 @@ def _check_values(cfg: DictConfig) -> None:
     need(cfg.run.keep_last >= 1, "run.keep_last", "must keep at least one checkpoint")
     need(cfg.run.checkpoint_every > 0 and cfg.run.log_every > 0, "run.checkpoint_every", "intervals must be positive")
     need(0 <= cfg.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
-    if cfg.data.train.source == "folder":
-        need(bool(cfg.data.train.path), "data.train.path", "is required when data.train.source=folder")
+    if cfg.data.train.source in ("folder", "filelist", "shards"):
+        need(bool(cfg.data.train.path), "data.train.path",
+             f"is required when data.train.source={cfg.data.train.source}")
+    need(cfg.data.train.shuffle_buffer >= 1, "data.train.shuffle_buffer", "must be at least 1 (1 = no shuffle within shards)")
 
 
 def load_config(recipe: str | Path, overrides: Sequence[str] = (), check: bool = True) -> DictConfig:
