@@ -250,7 +250,7 @@ def build_stream_loader(dataset: ShardDataset, transform, batch_size: int, rank:
         Others: as for build_train_loader.
     """
     layout = Layout(world_size, num_workers, batch_size)
-    if stream_steps(dataset, world_size, batch_size, num_workers, plan) < 1:
+    if not plan and stream_steps(dataset, world_size, batch_size, num_workers) < 1:  # a re-planned rest may be empty
         raise DataError(f"{len(dataset)} samples in {len(dataset.urls)} shards cannot give each of the "
                         f"{layout.slots} readers ({world_size} processes x {layout.workers} workers) one batch of "
                         f"{batch_size}; lower data.batch_size or data.num_workers, or add shards")
