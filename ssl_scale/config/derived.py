@@ -3,6 +3,7 @@ they are never written back into the user's config."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -22,15 +23,18 @@ class Derived:
         return [f"{k} = {v}" for k, v in asdict(self).items()]
 
 
-def derive(cfg, world_size: int, dataset_len: int) -> Derived:
+def derive(cfg, world_size: int, dataset_len: int, steps_per_epoch: Optional[int] = None) -> Derived:
+    """steps_per_epoch: the data layer's count when it is not dataset_len // global batch (streamed shards)."""
     from ssl_scale.config.loader import ConfigError
 
     global_batch = cfg.data.batch_size * world_size
-    steps = dataset_len // global_batch
+    steps = dataset_len // global_batch if steps_per_epoch is None else int(steps_per_epoch)
     if steps == 0:
         raise ConfigError(
             f"'data.batch_size': {dataset_len} images cannot fill one global batch of {global_batch} "
-            f"({cfg.data.batch_size} x {world_size} processes); lower data.batch_size or add images")
+            f"({cfg.data.batch_size} x {world_size} processes"
+            f"{'' if steps_per_epoch is None else f', whole batches for each of {max(1, cfg.data.num_workers)} workers'}); "
+            f"lower data.batch_size or add images")
     total = steps * cfg.train.epochs
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     lr = cfg.optim.base_lr * global_batch / cfg.optim.reference_batch if cfg.optim.scale_lr else cfg.optim.base_lr

@@ -185,8 +185,10 @@ def _check_values(cfg: DictConfig) -> None:
     for key in ("gpus_per_node", "max_requeues", "signal_delay_s"):
         need(sl[key] >= 0, f"slurm.{key}", "must be >= 0")
     need(sl.signal_delay_s < sl.timeout_min * 60, "slurm.signal_delay_s", f"must be shorter than slurm.timeout_min ({sl.timeout_min} min)")
-    if cfg.data.train.source == "folder":
-        need(bool(cfg.data.train.path), "data.train.path", "is required when data.train.source=folder")
+    if cfg.data.train.source in ("folder", "filelist", "shards"):
+        need(bool(cfg.data.train.path), "data.train.path",
+             f"is required when data.train.source={cfg.data.train.source}")
+    need(cfg.data.train.shuffle_buffer >= 1, "data.train.shuffle_buffer", "must be at least 1 (1 = no shuffle within shards)")
 
 
 def load_config(recipe: str | Path, overrides: Sequence[str] = (), check: bool = True) -> DictConfig:

@@ -58,9 +58,13 @@ class AugmentConfig:
 
 @dataclass
 class SourceConfig:
-    source: str = "embedded"  # registered dataset: folder | embedded (more come with the data layer)
-    path: Optional[str] = None  # the folder (for source=folder)
+    source: str = "embedded"  # registered dataset: folder | filelist | shards | embedded
+    path: Optional[str] = None  # folder; file list (.txt/.npy/.idx); shard pattern ('dir/s-{000000..000099}.tar', fsspec URLs, .txt list)
     split: str = "train"  # for source=embedded: train (4,000 digits) | test (1,000) | all
+    shuffle: bool = True  # False keeps the listed order (files; shards and their samples)
+    shuffle_buffer: int = 1000  # shards: samples per shuffled block, held encoded in memory per worker
+    manifest: Optional[str] = None  # shards: per-shard counts (default: _shards.json beside the shards)
+    root: Optional[str] = None  # filelist: folder relative paths start from (default: the list's folder)
 
 
 @dataclass

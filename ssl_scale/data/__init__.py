@@ -4,9 +4,11 @@ from ssl_scale.data.loader import BadDataCounter, build_train_loader
 from ssl_scale.data.multicrop import TRANSFORMS, CropSpec, EvalTransform, MultiCropTransform
 from ssl_scale.data.sampler import ResumableShardSampler
 from ssl_scale.data.sources import DATASETS, EmbeddedMNIST, FolderDataset
+from ssl_scale.data.filelist import FileListDataset  # registers "filelist"
+from ssl_scale.data.shards import ShardDataset  # registers "shards"
 
 __all__ = [
     "DATASETS", "TRANSFORMS", "DataError", "BadSample", "load_image", "FolderDataset", "EmbeddedMNIST",
     "CropSpec", "MultiCropTransform", "EvalTransform", "ResumableShardSampler", "build_train_loader",
-    "BadDataCounter",
+    "BadDataCounter", "FileListDataset", "ShardDataset",
 ]

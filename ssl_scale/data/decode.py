@@ -17,7 +17,7 @@ __all__ = ["BadSample", "DataError", "load_image", "BAD_REASONS", "DEFAULT_MAX_P
 # Pillow's own hard limit (it warns above MAX_IMAGE_PIXELS and refuses above twice that): ~179 MP.
 DEFAULT_MAX_PIXELS = 2 * 89_478_485
 
-BAD_REASONS = ("zero_bytes", "truncated", "not_an_image", "decompression_bomb", "too_small", "io_error")
+BAD_REASONS = ("zero_bytes", "truncated", "not_an_image", "decompression_bomb", "too_small", "io_error", "shard_error")
 
 _EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = (5, 6, 7, 8)

@@ -1,6 +1,7 @@
 """The training DataLoader: sharded resumable batches, per-sample seeded augmentation, bad-sample accounting."""
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -9,7 +10,8 @@ from torch.utils.data import DataLoader
 from ssl_scale.data.decode import BadSample, DataError
 from ssl_scale.data.sampler import ResumableShardSampler
 
-__all__ = ["build_train_loader", "SeededTransformDataset", "collate_multicrop", "BadDataCounter", "sample_seed"]
+__all__ = ["build_train_loader", "SeededTransformDataset", "collate_multicrop", "BadDataCounter", "sample_seed",
+           "seeded_crops", "steps_per_epoch"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -28,6 +30,18 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     h = _mix64(h ^ (int(epoch) * 0xD1B54A32D192ED03 + 0x8CB92BA72F3D8DD7))
     h = _mix64(h ^ (int(index) * 0xABC98388FB8FAC03 + 0x27D4EB2F165667C5))
     return h >> 1  # < 2**63: valid for torch.manual_seed on every version
+
+
+def seeded_crops(transform, img, seed: int, epoch: int, index: int) -> List[torch.Tensor]:
+    """transform(img) with the global torch generator seeded from (seed, epoch, index), then restored."""
+    gen = torch.default_generator
+    saved = gen.get_state()
+    gen.manual_seed(sample_seed(seed, epoch, index))
+    try:
+        crops = transform(img)
+    finally:
+        gen.set_state(saved)
+    return [crops] if isinstance(crops, torch.Tensor) else list(crops)
 
 
 class SeededTransformDataset:
@@ -72,16 +86,7 @@ class SeededTransformDataset:
             if isinstance(item, BadSample):
                 return item
             img, label = item
-            gen = torch.default_generator
-            saved = gen.get_state()
-            gen.manual_seed(sample_seed(self.seed, epoch, i))
-            try:
-                crops = self.transform(img)
-            finally:
-                gen.set_state(saved)
-            if isinstance(crops, torch.Tensor):
-                crops = [crops]
-            return list(crops), int(label), int(i)
+            return seeded_crops(self.transform, img, self.seed, epoch, i), int(label), int(i)
         except Exception as e:  # noqa: BLE001 - reported per sample, counted by BadDataCounter
             return BadSample(self.key(i), f"error:{type(e).__name__}")
 
@@ -147,7 +152,8 @@ class _EpochTagged:
 def build_train_loader(dataset, transform, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
                        start_batch: int = 0, num_workers: int = 0, pin_memory: bool = False,
                        prefetch_factor: Optional[int] = 2, persistent_workers: bool = False,
-                       drop_last: bool = True) -> DataLoader:
+                       drop_last: bool = True, shuffle: bool = True, shuffle_buffer: int = 1000,
+                       plan: Optional[Sequence[int]] = None) -> DataLoader:
     """This rank's training loader, positioned at batch `start_batch` of `epoch`.
 
     Build one per epoch, or keep one (``persistent_workers=True`` keeps its worker processes alive) and
@@ -162,14 +168,21 @@ def build_train_loader(dataset, transform, batch_size: int, rank: int, world_siz
         start_batch: batches of this epoch already trained on (resume).
         num_workers, pin_memory, prefetch_factor, persistent_workers: as for torch DataLoader (the last two
             only apply with workers).
-        drop_last: see ResumableShardSampler.
+        drop_last: see ResumableShardSampler (streamed shards always drop their short tail).
+        shuffle: False keeps the listed order (files, or shards and their members).
+        shuffle_buffer, plan: streamed shards only (see stream.build_stream_loader).
 
     Returns:
         a DataLoader yielding ``collate_multicrop`` dicts; batch j is identical for any num_workers and
         for a run resumed at any batch k <= j.
     """
+    if getattr(dataset, "streaming", False):
+        from ssl_scale.data.stream import build_stream_loader  # stream builds on this module
+
+        return build_stream_loader(dataset, transform, batch_size, rank, world_size, seed, epoch, start_batch,
+                                   num_workers, pin_memory, prefetch_factor, shuffle, shuffle_buffer, plan)
     sampler = ResumableShardSampler(len(dataset), rank, world_size, batch_size, seed, epoch=epoch,
-                                    start_batch=start_batch, drop_last=drop_last)
+                                    start_batch=start_batch, shuffle=shuffle, drop_last=drop_last)
     kwargs: Dict[str, Any] = {}
     if num_workers > 0:
         kwargs["prefetch_factor"] = prefetch_factor
@@ -181,6 +194,16 @@ def build_train_loader(dataset, transform, batch_size: int, rank: int, world_siz
     return DataLoader(SeededTransformDataset(dataset, transform, seed, epoch), batch_sampler=_EpochTagged(sampler),
                       num_workers=num_workers, collate_fn=collate_multicrop(transform), pin_memory=pin_memory,
                       generator=g, **kwargs)
+
+
+def steps_per_epoch(dataset, world_size: int, batch_size: int, num_workers: int,
+                    plan: Optional[Sequence[int]] = None) -> int:
+    """Batches per process in one epoch of `dataset` (streamed shards depend on the worker count too)."""
+    if getattr(dataset, "streaming", False):
+        from ssl_scale.data.stream import stream_steps
+
+        return stream_steps(dataset, world_size, batch_size, num_workers, plan)
+    return len(dataset) // (world_size * batch_size)
 
 
 class BadDataCounter:
@@ -204,6 +227,13 @@ class BadDataCounter:
         self.total_bad = 0
         self.counts: Dict[str, int] = {}
         self.examples: Dict[str, List[str]] = {}
+        self.sources: Dict[str, int] = {}  # shard URL or parent folder -> bad samples from it
+
+    @staticmethod
+    def source_of(key: str) -> str:
+        """Where a bad sample came from: its shard (``url:member`` keys) or the folder of its file."""
+        head, sep, tail = str(key).rpartition(".tar:")
+        return head + ".tar" if sep else os.path.dirname(str(key)) or "."
 
     def update(self, n_good: int, bad: Sequence[Tuple[str, str]]) -> None:
         """Add one batch: `n_good` usable samples and the (key, reason) of each bad one; may raise DataError."""
@@ -211,6 +241,8 @@ class BadDataCounter:
         self.total_bad += len(bad)
         for key, reason in bad:
             self.counts[reason] = self.counts.get(reason, 0) + 1
+            src = self.source_of(key)
+            self.sources[src] = self.sources.get(src, 0) + 1
             ex = self.examples.setdefault(reason, [])
             if len(ex) < self.MAX_EXAMPLES and key not in ex:
                 ex.append(str(key))
@@ -227,22 +259,26 @@ class BadDataCounter:
     def message(self) -> str:
         worst = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
         parts = "; ".join(f"{r} x{n} (e.g. {', '.join(self.examples.get(r, []))})" for r, n in worst)
+        srcs = sorted(self.sources.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        where = ", ".join(f"{s} x{n}" for s, n in srcs)
         return (f"{self.total_bad} of {self.total_seen} samples ({self.bad_fraction:.1%}) could not be used, more "
-                f"than data.max_bad_fraction={self.max_bad_fraction:g}: {parts}; fix or remove those files, "
-                f"or raise data.max_bad_fraction")
+                f"than data.max_bad_fraction={self.max_bad_fraction:g}: {parts}; worst sources: {where}; fix or "
+                f"remove those files, or raise data.max_bad_fraction")
 
     def state_dict(self) -> Dict[str, Any]:
         """Plain ints and lists of str/int (fixed keys), so a fresh counter can load it from a DCP checkpoint."""
         reasons = sorted(self.counts)
         return {"total_seen": self.total_seen, "total_bad": self.total_bad, "reasons": reasons,
                 "counts": [self.counts[r] for r in reasons],
-                "examples": [list(self.examples.get(r, [])) for r in reasons]}
+                "examples": [list(self.examples.get(r, [])) for r in reasons],
+                "sources": sorted(self.sources), "source_counts": [self.sources[k] for k in sorted(self.sources)]}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.total_seen, self.total_bad = int(state["total_seen"]), int(state["total_bad"])
         reasons = [str(r) for r in state.get("reasons", [])]
         self.counts = {r: int(n) for r, n in zip(reasons, state.get("counts", []))}
         self.examples = {r: [str(k) for k in ex] for r, ex in zip(reasons, state.get("examples", []))}
+        self.sources = {str(k): int(n) for k, n in zip(state.get("sources", []), state.get("source_counts", []))}
 
     def __repr__(self) -> str:
         return f"BadDataCounter(bad={self.total_bad}/{self.total_seen}, by_reason={self.counts})"

@@ -7,7 +7,7 @@ import io
 import os
 import threading
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -15,7 +15,7 @@ from PIL import Image
 from ssl_scale.data.decode import BadSample, DataError, load_image
 from ssl_scale.registry import Registry
 
-__all__ = ["DATASETS", "FolderDataset", "EmbeddedMNIST", "IMAGE_EXTENSIONS"]
+__all__ = ["DATASETS", "FolderDataset", "EmbeddedMNIST", "IMAGE_EXTENSIONS", "iter_images"]
 
 DATASETS: Registry = Registry("dataset")
 
@@ -26,29 +26,33 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _walk_sorted(top: str, seen: set) -> List[str]:
-    """Image files under `top` (recursive, following links once), relative to `top`, in sorted order."""
-    out: List[str] = []
+def iter_images(top: str, seen: Optional[set] = None) -> Iterator[str]:
+    """Image files under `top` (recursive, following links once), relative to `top`, in sorted order.
+
+    A generator that sorts one directory at a time, so walking billions of files holds one folder's
+    listing in memory, not the whole tree.
+    """
+    seen = set() if seen is None else seen
     real = os.path.realpath(top)
     if real in seen:  # a symlink loop would otherwise recurse forever
-        return out
+        return
     seen.add(real)
     try:
         with os.scandir(top) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError:
-        return out
+        return
     for e in entries:
         if e.name.startswith("."):  # .ipynb_checkpoints, .DS_Store, ...
             continue
         try:
             if e.is_dir():
-                out.extend(e.name + "/" + sub for sub in _walk_sorted(e.path, seen))
+                for sub in iter_images(e.path, seen):
+                    yield e.name + "/" + sub
             elif e.is_file() and _is_image(e.name):
-                out.append(e.name)
+                yield e.name
         except OSError:
             continue
-    return out
 
 
 @DATASETS.register("folder", "images under a folder; top-level sub-folders are classes, root files get label -1")
@@ -74,7 +78,7 @@ class FolderDataset:
             raise DataError(f"image folder {str(root)!r} is a file, not a directory; point the path at the "
                             "folder that holds the images (or at class sub-folders of images)")
         self.root = root
-        files = _walk_sorted(str(root), set())
+        files = list(iter_images(str(root)))
         if not files:
             raise DataError(f"image folder {str(root)!r} contains no images; put files with one of the "
                             f"extensions {', '.join(IMAGE_EXTENSIONS)} (any case) in it or in sub-folders")

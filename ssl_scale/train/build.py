@@ -12,6 +12,10 @@ def build_dataset(src):
         return DATASETS.get("folder")(src.path)
     if src.source == "embedded":
         return DATASETS.get("embedded")(split=src.split)
+    if src.source == "filelist":
+        return DATASETS.get("filelist")(src.path, root=src.root)
+    if src.source == "shards":
+        return DATASETS.get("shards")(src.path, manifest=src.manifest)
     return DATASETS.get(src.source)(src.path)
 
 

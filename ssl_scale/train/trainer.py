@@ -15,7 +15,8 @@ from ssl_scale.checkpoint import CheckpointManager, latest_checkpoint
 from ssl_scale.checkpoint.state import load_model_optim_state, model_optim_state
 from ssl_scale.config import ConfigError, to_yaml
 from ssl_scale.config.derived import Derived, derive
-from ssl_scale.data.loader import BadDataCounter, build_train_loader
+from ssl_scale.data.loader import BadDataCounter, build_train_loader, steps_per_epoch
+from ssl_scale.data.stream import Layout, remaining_ranges
 from ssl_scale.distributed import DistEnv, all_reduce_sum, any_rank, init_distributed, parallelize, reduce_fns, unwrap
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
 from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
@@ -77,7 +78,9 @@ class Trainer:
         self.dataset = build_dataset(cfg.data.train)
         self.transform = build_multicrop(cfg.data)
         # 2. derived values, logged once
-        self.derived: Derived = derive(cfg, self.env.world_size, len(self.dataset))
+        self.streaming = bool(getattr(self.dataset, "streaming", False))
+        self.derived: Derived = derive(cfg, self.env.world_size, len(self.dataset), steps_per_epoch(
+            self.dataset, self.env.world_size, cfg.data.batch_size, cfg.data.num_workers))
         # 3. model, then parallelism applied from outside the model
         self.model = build_ssl_model(cfg.model)
         self.num_prototypes = list(cfg.model.head.num_prototypes)
@@ -98,6 +101,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
+        self.data_plan: list = []  # streamed shards: this epoch's remaining ranges after a re-plan ([] = all)
         self.bad = BadDataCounter(cfg.data.max_bad_fraction)
         self.ckpt = CheckpointManager(self.run_dir, cfg.run.keep_last)
         self.resumed_from: Optional[Path] = None
@@ -140,8 +144,9 @@ class Trainer:
         per_rank = {"loss": self.loss_fn.state_dict(), "rng": torch.get_rng_state()}
         progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                     "world_size": self.env.world_size}
+        data = {"num_workers": self.cfg.data.num_workers, "plan": list(self.data_plan)}
         return {"model": model_sd, "optim": optim_sd, "progress": progress, f"rank{self.env.rank}": per_rank,
-                "bad_data": self.bad.state_dict()}
+                "bad_data": self.bad.state_dict(), "data_position": data}
 
     def load_checkpoint(self, path: Path) -> None:
         stored = CheckpointManager.keys(path)
@@ -152,17 +157,21 @@ class Trainer:
         has_mine = any(k.startswith(mine + ".") for k in stored)
         if not has_mine:
             state.pop(mine)
-        if not any(k.startswith("bad_data") for k in stored):
-            state.pop("bad_data")
+        for optional in ("bad_data", "data_position"):
+            if not any(k.startswith(optional) for k in stored):
+                state.pop(optional)
         self._check_model_keys(path, stored, state["model"])
         _drop_unsaved_optimizer_state(state["optim"], stored)
         CheckpointManager.load(path, state)
         load_model_optim_state(self.ddp_model, self.optimizer, state["model"], state["optim"])
         p = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
-        if p["world_size"] != self.env.world_size:
+        if self.streaming:
+            self._restore_stream_position(int(p["world_size"]), state.get("data_position"))
+        elif p["world_size"] != self.env.world_size:
             # The data position counts this rank's batches; another world size means another split.
             self.batch_in_epoch = self.batch_in_epoch * int(p["world_size"]) // self.env.world_size
+        if p["world_size"] != self.env.world_size:
             log.warning("resuming a %d-process checkpoint on %d processes: the SwAV queue restarts empty",
                         p["world_size"], self.env.world_size)
         if has_mine:
@@ -170,6 +179,21 @@ class Trainer:
             torch.set_rng_state(state[mine]["rng"])
         if "bad_data" in state:
             self.bad.load_state_dict(state["bad_data"])
+
+    def _restore_stream_position(self, old_world: int, data: Optional[Dict[str, Any]]) -> None:
+        """Same processes and workers: continue at the batch. Another layout: re-plan the rest of the epoch."""
+        c = self.cfg.data
+        old_workers = int(data["num_workers"]) if data else c.num_workers
+        self.data_plan = [int(x) for x in data["plan"]] if data else []
+        old, new = Layout(old_world, old_workers, c.batch_size), Layout(self.env.world_size, c.num_workers, c.batch_size)
+        if (old.world_size, old.workers) == (new.world_size, new.workers) or self.batch_in_epoch == 0:
+            return
+        self.data_plan = remaining_ranges(self.dataset, self.data_plan, old, self.batch_in_epoch, self.cfg.seed,
+                                          self.epoch, c.train.shuffle, c.train.shuffle_buffer)
+        self.batch_in_epoch = 0
+        log.warning("data layout changed from %d processes x %d workers to %d x %d mid-epoch: the rest of epoch "
+                    "%d is re-planned (nothing lost or repeated, another order)", old.world_size, old.workers,
+                    new.world_size, new.workers, self.epoch)
 
     @staticmethod
     def _check_model_keys(path: Path, stored: Dict[str, Any], model_sd: Dict[str, Any]) -> None:
@@ -230,7 +254,8 @@ class Trainer:
                                   world_size=self.env.world_size, seed=self.cfg.seed, epoch=self.epoch,
                                   start_batch=self.batch_in_epoch, num_workers=c.num_workers,
                                   pin_memory=c.pin_memory and self.env.device.type == "cuda",
-                                  prefetch_factor=c.prefetch_factor)
+                                  prefetch_factor=c.prefetch_factor, shuffle=c.train.shuffle,
+                                  shuffle_buffer=c.train.shuffle_buffer, plan=self.data_plan or None)
 
     def _stop_now(self, stop: Optional[Callable[[], bool]]) -> bool:
         """Whether to stop after this step: asked of `stop` every run.stop_check_every steps, and agreed
@@ -294,6 +319,7 @@ class Trainer:
                 else:  # the epoch ran out before the run's end
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                    self.data_plan = []
         finally:
             tele.close()
         if stopping:
