@@ -16,7 +16,8 @@ from ssl_scale.checkpoint.state import load_model_optim_state, model_optim_state
 from ssl_scale.config import ConfigError, to_yaml
 from ssl_scale.config.derived import Derived, derive
 from ssl_scale.data.loader import BadDataCounter, build_train_loader
-from ssl_scale.distributed import DistEnv, all_reduce_sum, init_distributed, parallelize, reduce_fns, unwrap
+from ssl_scale.distributed import (DistEnv, all_reduce_sum, full_tensor, init_distributed, parallelize, plan_parallelism,
+                                   reduce_fns, shard_reductions, unwrap)
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
 from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
 from ssl_scale.train.build import build_dataset, build_multicrop, build_ssl_model
@@ -68,11 +69,10 @@ class Trainer:
         # 2. derived values, logged once
         self.derived: Derived = derive(cfg, self.env.world_size, len(self.dataset))
         # 3. model, then parallelism applied from outside the model
-        self.model = build_ssl_model(cfg.model)
+        self.plan = plan_parallelism(cfg, self.env)
+        self.model = build_ssl_model(cfg.model, device="meta" if self.plan.meta_init else None)
         self.num_prototypes = list(cfg.model.head.num_prototypes)
-        self.ddp_model = parallelize(self.model, self.env, sync_bn=cfg.train.sync_bn,
-                                     sync_bn_group_size=cfg.train.sync_bn_group_size,
-                                     channels_last=cfg.train.channels_last, compile_trunk=cfg.train.compile)
+        self.ddp_model = parallelize(self.model, self.env, self.plan)
         self.model = unwrap(self.ddp_model)
         # 4. loss (with its queue), given the reductions instead of importing torch.distributed
         self.loss_fn = self._build_loss().to(self.env.device)
@@ -106,12 +106,13 @@ class Trainer:
     def _build_loss(self):
         c = self.cfg.loss
         s, m = reduce_fns()
+        shards = shard_reductions(self.env.world_size) if self.plan.shard_prototypes else {}
         loss = LOSSES.get(c.name)(
             temperature=c.temperature, epsilon=c.epsilon, sinkhorn_iterations=c.sinkhorn_iterations,
             crops_for_assign=tuple(c.crops_for_assign), num_crops=self.derived.num_crops,
             queue_length=self.derived.queue_length, queue_start_epoch=c.queue_start_epoch,
             use_float64=c.use_float64, reduce_sum=s if self.env.distributed else None,
-            reduce_max=m if self.env.distributed else None)
+            reduce_max=m if self.env.distributed else None, **shards)
         if self.derived.queue_length:
             loss.init_queue(self.cfg.model.head.output_dim, self.env.device)
         return loss
@@ -179,11 +180,13 @@ class Trainer:
 
     # ----- training ----------------------------------------------------------------------------
     def _autocast(self):
-        p = self.cfg.train.precision
-        if p == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if p == "bf16" else torch.float16
-        return torch.autocast(self.env.device.type, dtype=dtype)
+        dtype = self.plan.autocast_dtype  # None under FSDP2 bf16: its policy casts the parameters
+        return torch.autocast(self.env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def _prototypes(self):
+        """The prototype matrices the loss scores its queue with (whole, also when FSDP shards them)."""
+        protos = [p.weight for p in self.model.head.prototypes]
+        return [full_tensor(p) for p in protos] if self.loss_fn.queue_length else protos
 
     def train_step(self, crops) -> Dict[str, torch.Tensor]:
         lr = self.schedule(self.step)
@@ -192,8 +195,7 @@ class Trainer:
         t0 = time.perf_counter()
         with self._autocast():
             z, scores = self.ddp_model(crops)
-        loss = self.loss_fn(z.float(), [s.float() for s in scores],
-                            [p.weight for p in self.model.head.prototypes], epoch=self.epoch)
+        loss = self.loss_fn(z.float(), [s.float() for s in scores], self._prototypes(), epoch=self.epoch)
         t1 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
