@@ -21,6 +21,7 @@ from ssl_scale.distributed import (DistEnv, all_reduce_sum, full_tensor, init_di
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
 from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
 from ssl_scale.train.build import build_dataset, build_multicrop, build_ssl_model
+from ssl_scale.train.flops import measured_peak_flops, peak_memory_bytes, step_flops
 from ssl_scale.train.telemetry import Telemetry
 
 log = logging.getLogger("ssl_scale")
@@ -129,7 +130,7 @@ class Trainer:
         # State that differs between ranks is stored under the rank's own key.
         per_rank = {"loss": self.loss_fn.state_dict(), "rng": torch.get_rng_state()}
         progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                    "world_size": self.env.world_size}
+                    "world_size": self.env.world_size, "global_batch": self.derived.global_batch}
         return {"model": model_sd, "optim": optim_sd, "progress": progress, f"rank{self.env.rank}": per_rank,
                 "bad_data": self.bad.state_dict()}
 
@@ -139,21 +140,26 @@ class Trainer:
             raise ConfigError(f"{path} is not a training checkpoint of this engine")
         state = self.state_dict()
         mine = f"rank{self.env.rank}"
-        has_mine = any(k.startswith(mine + ".") for k in stored)
+        stored_world = len({k.split(".")[0] for k in stored if k.startswith("rank")})
+        # per-rank state (queue, RNG) only carries over to the same number of processes
+        has_mine = stored_world == self.env.world_size and any(k.startswith(mine + ".") for k in stored)
         if not has_mine:
             state.pop(mine)
         if not any(k.startswith("bad_data") for k in stored):
             state.pop("bad_data")
+        if "progress.global_batch" not in stored:  # written before it was recorded
+            state["progress"].pop("global_batch")
         self._check_model_keys(path, stored, state["model"])
         CheckpointManager.load(path, state)
         load_model_optim_state(self.ddp_model, self.optimizer, state["model"], state["optim"])
         p = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
         if p["world_size"] != self.env.world_size:
-            # The data position counts this rank's batches; another world size means another split.
-            self.batch_in_epoch = self.batch_in_epoch * int(p["world_size"]) // self.env.world_size
-            log.warning("resuming a %d-process checkpoint on %d processes: the SwAV queue restarts empty",
-                        p["world_size"], self.env.world_size)
+            # The data position counts global batches; another global batch size means another count.
+            old_batch = int(p.get("global_batch", self.cfg.data.batch_size * int(p["world_size"])))
+            self.batch_in_epoch = self.batch_in_epoch * old_batch // self.derived.global_batch
+            log.warning("resuming a %d-process checkpoint on %d processes (global batch %d, was %d): the SwAV "
+                        "queue restarts empty", p["world_size"], self.env.world_size, self.derived.global_batch, old_batch)
         if has_mine:
             self.loss_fn.load_state_dict(state[mine]["loss"])
             torch.set_rng_state(state[mine]["rng"])
@@ -228,6 +234,8 @@ class Trainer:
         tele = Telemetry(self.run_dir, self.env.is_main, d.stop_step, self.step, cfg.run.progress,
                          cfg.run.tensorboard, self.num_prototypes)
         self.ddp_model.train()
+        self.flops_per_step = step_flops(cfg.model, [(c.size, c.count) for c in cfg.data.crops], cfg.data.batch_size)
+        self.peak_flops = measured_peak_flops(self.env.device, self.plan.precision_dtype or torch.float32)
         last_loss = float("nan")
         window = _new_window()
         loss_sum = torch.zeros((), device=self.env.device)
@@ -284,4 +292,13 @@ class Trainer:
         for k in ("assignment_entropy", "prototype_usage"):
             if k in stats:
                 m[k] = float(stats[k])
+        achieved = self.flops_per_step * w["n"] / max(w["time"], 1e-9)  # model FLOP/s of this process
+        m["tflops_per_s"] = achieved / 1e12
+        if self.peak_flops:
+            m["mfu"] = achieved / self.peak_flops
+        mem = torch.zeros(self.env.world_size, dtype=torch.float64, device=self.env.device)
+        mem[self.env.rank] = peak_memory_bytes(self.env.device) / 2 ** 20
+        per_rank = all_reduce_sum(mem).tolist()
+        m["peak_memory_mb"] = max(per_rank)
+        m["peak_memory_mb_per_rank"] = per_rank
         return m

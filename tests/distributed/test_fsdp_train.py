@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tests.distributed._spawn import run_distributed
+from tests.helpers import SMALL_MODEL
 
 STEPS, GLOBAL_BATCH = 3, 16
-SMALL = ["model.trunk=regnet_y_debug", "model.head.hidden_dims=[256]", "model.head.num_prototypes=[40, 20]",
-         "train.sync_bn=global", "run.checkpoint_every=100", f"train.max_steps={STEPS}"]
+SMALL = [*SMALL_MODEL, "run.checkpoint_every=100", f"train.max_steps={STEPS}"]
 VARIANTS = {
     "fsdp": ["parallel.mode=fsdp"],
     "fsdp_ac": ["parallel.mode=fsdp", "parallel.activation_checkpointing=block", "parallel.fsdp_unit=stage"],
