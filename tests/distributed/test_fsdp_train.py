@@ -82,6 +82,7 @@ def test_fsdp_bf16_within_tolerance(single, two):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 4 processes on 2 cores: slow on a busy machine
 def test_fsdp_four_processes_equal_one(single, tmp_path):
     ranks = run_distributed(_train, 4, tmp_path, ["fsdp_sharded_prototypes"], 4)
     for rank in ranks:
