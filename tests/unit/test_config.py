@@ -121,18 +121,17 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     assert ok.returncode == 0 and "batch_size: 32" in ok.stdout
 
 
-def test_parallel_keys_are_checked(tmp_path):
-    p = write(tmp_path, "r.yaml", "data: {train: {source: embedded}}\n")
-    with pytest.raises(ConfigError, match=r"'parallel.activation_checkpointing': invalid choice 'all'; valid: none, block"):
-        load_config(p, ["parallel.activation_checkpointing=all"])
-    with pytest.raises(ConfigError, match=r"'parallel.shard_prototypes': needs parallel.mode=fsdp"):
-        load_config(p, ["parallel.shard_prototypes=true"])
-    with pytest.raises(ConfigError, match=r"'parallel.shard_prototypes': does not support the SwAV queue"):
-        load_config(p, ["parallel.mode=fsdp", "parallel.shard_prototypes=true", "loss.queue_length=64"])
-    with pytest.raises(ConfigError, match=r"'train.precision': fp16 needs a gradient scaler"):
-        load_config(p, ["parallel.mode=fsdp", "train.precision=fp16"])
-    with pytest.raises(ConfigError, match=r"'parallel.ac_every': must be >= 1"):
-        load_config(p, ["parallel.ac_every=0"])
+@pytest.mark.parametrize("overrides,message", [
+    (["parallel.activation_checkpointing=all"], r"'parallel.activation_checkpointing': invalid choice 'all'; valid: none, block"),
+    (["parallel.shard_prototypes=true"], r"'parallel.shard_prototypes': needs parallel.mode=fsdp"),
+    (["parallel.mode=fsdp", "parallel.shard_prototypes=true", "loss.queue_length=64"],
+     r"'parallel.shard_prototypes': does not support the SwAV queue"),
+    (["parallel.mode=fsdp", "train.precision=fp16"], r"'train.precision': fp16 needs a gradient scaler"),
+    (["parallel.ac_every=0"], r"'parallel.ac_every': must be >= 1"),
+])
+def test_parallel_keys_are_checked(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, "r.yaml", "data: {train: {source: embedded}}\n"), overrides)
 
 
 def test_parallel_plan_on_one_process_trains_unsharded_with_autocast(tmp_path):
