@@ -144,9 +144,9 @@ def _proto_worker(k, dim, batch, crops, sharded):
 
         from ssl_scale.distributed.prototypes import ShardedPrototypes
 
-        with torch.device("meta"):
+        with torch.device("meta"):  # the whole matrix is never allocated: only this rank's rows
             full = nn.Linear(dim, k, bias=False)
-        layer = ShardedPrototypes(full.to_empty(device="cpu"), init_device_mesh("cpu", (world,)))
+        layer = ShardedPrototypes(full, init_device_mesh("cpu", (world,))).to_empty(device="cpu")
         with torch.no_grad():
             layer.weight.to_local().normal_()
         loss_fn = SwAVLoss(num_crops=crops, reduce_sum=s, reduce_max=m, **shard_reductions(world))
@@ -156,20 +156,21 @@ def _proto_worker(k, dim, batch, crops, sharded):
     t0 = time.perf_counter()
     loss = loss_fn(z, [layer(z)], [layer.weight])
     loss.backward()
-    return {"time": time.perf_counter() - t0, "rss": peak_memory_bytes(torch.device("cpu")) - base,
-            "loss": float(loss)}
+    return {"time": time.perf_counter() - t0, "rss": peak_memory_bytes(torch.device("cpu")) - base}
 
 
 def bench_prototypes(args):
     k, dim, batch, crops = args.num_prototypes, 128, args.proto_batch, 4
     print(f"\nSwAV loss step (scores, Sinkhorn, swapped prediction, backward) with {k:,} prototypes of dim {dim}, "
           f"{batch} images x {crops} crops per rank\n")
-    print("| prototypes | ranks | prototype rows per rank | memory growth MiB (max rank) | step s | loss |")
+    print("| prototypes | ranks | prototype rows per rank | scores per rank | memory growth MiB (max rank) | step s |")
     print("|---|---|---|---|---|---|")
-    for sharded, world in [(False, 4), (True, 4)]:
+    for sharded, world in [(False, 1), (True, 4)]:  # 4 unsharded ranks hold 4 copies: the 1-rank figure each
         rows = spawn(_proto_worker, world, k, dim, batch, crops, sharded)
-        print(f"| {'split by rows' if sharded else 'whole on every rank'} | {world} | {k // world if sharded else k:,} | "
-              f"{max(r['rss'] for r in rows) / MB:.0f} | {max(r['time'] for r in rows):.1f} | {rows[0]['loss']:.4f} |",
+        rows_held = k // world if sharded else k
+        scored = batch * crops * (world if sharded else 1)
+        print(f"| {'split by rows' if sharded else 'whole on every rank'} | {world} | {rows_held:,} | "
+              f"{scored} x {rows_held:,} | {max(r['rss'] for r in rows) / MB:.0f} | {max(r['time'] for r in rows):.1f} |",
               flush=True)
 
 
