@@ -1,4 +1,4 @@
-"""`ssl-scale` command line: train, config, list, export, benchmark."""
+"""`ssl-scale` command line: train, launch, config, list, export, benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -27,6 +27,30 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.recipe, args.overrides)
     train(cfg)
+    return 0
+
+
+def cmd_launch(args) -> int:
+    from ssl_scale.config import load_config
+    from ssl_scale.launch import submit
+
+    cfg = load_config(args.recipe, args.overrides)
+    # Without SLURM accounting, submitit warns at every poll that it reads squeue instead of sacct: harmless.
+    logging.getLogger("submitit").addFilter(lambda r: "Bypassing sacct error" not in r.getMessage())
+    job = submit(cfg)
+    s = cfg.slurm
+    print(f"submitted job {job.job_id} ({cfg.launcher}: {s.nodes} node(s) x {s.tasks_per_node} task(s)), run dir {cfg.run.dir}")
+    print(f"logs: {job.paths.stdout} (task 0; every task's log is in {job.paths.folder})", flush=True)
+    if not (args.wait or cfg.launcher == "local"):  # the local executor's job ends with this process
+        return 0
+    try:
+        results = job.results()
+    except Exception as e:  # the job's own error, raised in the job and reported by submitit
+        last = [line for line in str(e).splitlines() if line.strip()]
+        print(f"ssl-scale launch: job {job.job_id} failed: {last[-1] if last else type(e).__name__} "
+              f"(log: {job.paths.stdout})", file=sys.stderr)
+        return 1
+    print(f"job {job.job_id} finished at step {results[0]['step']}; run dir {cfg.run.dir}")
     return 0
 
 
@@ -75,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe file, or a name under configs/ (e.g. quickstart)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.batch_size=32 run.dir=runs/x")
     t.set_defaults(fn=cmd_train)
+    la = sub.add_parser("launch", help="submit a training run with submitit (launcher=slurm|local, slurm.* keys)")
+    la.add_argument("recipe", help="recipe file, or a name under configs/")
+    la.add_argument("overrides", nargs="*", help="dotted overrides, e.g. slurm.nodes=2 slurm.partition=gpu")
+    la.add_argument("--wait", action="store_true", help="wait for the job to finish (always so for launcher=local)")
+    la.set_defaults(fn=cmd_launch)
     c = sub.add_parser("config", help="print the fully resolved recipe as YAML")
     c.add_argument("recipe")
     c.add_argument("overrides", nargs="*")

@@ -21,3 +21,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running SLURM cluster: the one already up, else the one-node cluster of
+    extra_scripts/local_slurm.sh, started here and stopped (exactly those daemons) at the end of the
+    session. Skips with the reason where that cannot be done (not root, packages missing)."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    def up() -> bool:
+        if shutil.which("sinfo") is None:
+            return False
+        r = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=30)
+        return r.returncode == 0 and any(s.strip("*~#") in ("idle", "mix", "alloc") for s in r.stdout.split())
+
+    if up():
+        yield "running"
+        return
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "sbatch", "sinfo") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"SLURM packages missing ({', '.join(missing)}): run extra_scripts/local_slurm.sh install as root")
+    if os.geteuid() != 0:
+        pytest.skip("starting the local SLURM daemons needs root (extra_scripts/local_slurm.sh start)")
+    script = Path(__file__).resolve().parents[1] / "extra_scripts" / "local_slurm.sh"
+    env = {**os.environ, "SSL_SCALE_SLURM_STATE": str(tmp_path_factory.mktemp("slurm_state"))}
+    subprocess.run([str(script), "start"], check=True, env=env, timeout=120)
+    try:
+        yield "started"
+    finally:
+        subprocess.run([str(script), "stop"], check=False, env=env, timeout=120)

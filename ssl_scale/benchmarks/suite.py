@@ -312,14 +312,9 @@ def _is_loaded(cfg: Dict[str, Any]) -> bool:
 
 
 def _final(ckpt: Path, final_step: Optional[int]) -> bool:
-    import json
+    from ssl_scale.checkpoint.manager import checkpoint_info
 
-    from ssl_scale.checkpoint.manager import COMPLETE
-
-    try:
-        info = json.loads((ckpt / COMPLETE).read_text())
-    except (OSError, ValueError):
-        info = {}
+    info = checkpoint_info(ckpt)
     step = int(ckpt.name[5:]) if ckpt.name[5:].isdigit() else -1
     stop = final_step if final_step is not None else info.get("stop_step")
     return bool(info.get("final")) or (stop is not None and step >= int(stop))

@@ -43,6 +43,14 @@ def latest_checkpoint(run_dir: str | Path) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
+def checkpoint_info(path: Path) -> Dict[str, Any]:
+    """What the COMPLETE record of a checkpoint says (step, time, stop_step, final ...); {} if unreadable."""
+    try:
+        return json.loads((Path(path) / COMPLETE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A run directory (its newest complete checkpoint), a `checkpoints/` folder, or one checkpoint."""
     p = Path(path)

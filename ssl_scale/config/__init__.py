@@ -1,5 +1,5 @@
 """Typed recipe schema, strict loader with dotted overrides, and the derived values of a run."""
-from .loader import ConfigError, find_recipe, load_config, parse_overrides, to_yaml
+from .loader import ConfigError, config_from_yaml, find_recipe, load_config, parse_overrides, to_yaml
 from .schema import Config
 
-__all__ = ["Config", "ConfigError", "find_recipe", "load_config", "parse_overrides", "to_yaml"]
+__all__ = ["Config", "ConfigError", "config_from_yaml", "find_recipe", "load_config", "parse_overrides", "to_yaml"]

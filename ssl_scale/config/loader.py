@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -107,7 +108,10 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"command line: override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            # YAML 1.1 reads "1:00:00" as the base-60 integer 3600; keep such text a string, so that a
+            # time written SLURM's way is refused by the key's type instead of silently meaning 3600.
+            sexagesimal = re.fullmatch(r"[-+]?\d+(:[0-5]?\d)+", raw.strip())
+            value = raw if sexagesimal else (yaml.safe_load(raw) if raw != "" else "")
         except yaml.YAMLError:
             value = raw
         node = out
@@ -181,6 +185,13 @@ def _check_values(cfg: DictConfig) -> None:
          "does not support the SwAV queue yet; set loss.queue_length=0")
     need(par.mode != "fsdp" or cfg.train.precision != "fp16", "train.precision",
          "fp16 needs a gradient scaler that FSDP does not share; use bf16 with parallel.mode=fsdp")
+    need(cfg.run.stop_check_every > 0, "run.stop_check_every", "must be a positive number of steps")
+    sl = cfg.slurm
+    for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"):
+        need(sl[key] > 0, f"slurm.{key}", "must be positive" + (" (minutes, e.g. 240 for 4 hours)" if key == "timeout_min" else ""))
+    for key in ("gpus_per_node", "max_requeues", "signal_delay_s"):
+        need(sl[key] >= 0, f"slurm.{key}", "must be >= 0")
+    need(sl.signal_delay_s < sl.timeout_min * 60, "slurm.signal_delay_s", f"must be shorter than slurm.timeout_min ({sl.timeout_min} min)")
     if cfg.data.train.source == "folder":
         need(bool(cfg.data.train.path), "data.train.path", "is required when data.train.source=folder")
 
@@ -193,6 +204,18 @@ def load_config(recipe: str | Path, overrides: Sequence[str] = (), check: bool =
     cfg = _merge(cfg, parse_overrides(overrides), "command line")
     if check:
         check_choices(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def config_from_yaml(text: str, source: str = "resolved recipe") -> DictConfig:
+    """A config from the YAML of a resolved recipe (`to_yaml`'s output), checked like a recipe file."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    cfg = _merge(OmegaConf.structured(Config), data, source)
+    check_choices(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 

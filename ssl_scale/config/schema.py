@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 # Keys whose values must be one of a fixed set, or a registered name. The loader checks them and
 # names the valid choices; registry-backed keys are resolved lazily so this file imports nothing heavy.
@@ -15,6 +15,7 @@ CHOICES = {
     "parallel.mode": ["ddp", "fsdp"],
     "parallel.fsdp_unit": ["block", "stage"],
     "parallel.activation_checkpointing": ["none", "block"],
+    "launcher": ["slurm", "local"],
 }
 REGISTRY_KEYS = {
     "model.trunk": "trunk",
@@ -35,6 +36,7 @@ class RunConfig:
     progress: bool = True  # progress bar on rank 0
     tensorboard: bool = True
     resume: bool = True  # resume from the newest complete checkpoint in run.dir
+    stop_check_every: int = 1  # steps between checks for a stop request (preemption signal): one tiny all-reduce each
 
 
 @dataclass
@@ -168,6 +170,28 @@ class ParallelConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """How `ssl-scale launch` submits the run (submitit); `ssl-scale train` ignores this section."""
+
+    partition: Optional[str] = None  # null = the cluster's default partition
+    nodes: int = 1
+    tasks_per_node: int = 1  # one process per GPU (or per CPU process group on CPU)
+    gpus_per_node: int = 0
+    cpus_per_task: int = 1
+    mem_gb: Optional[float] = None  # per node; null = the partition's default
+    timeout_min: int = 60  # time limit of each (re)start of the job, in minutes
+    max_requeues: int = 5  # preemptions / time limits survived before the run stops with a message
+    signal_delay_s: int = 120  # SLURM signals the job this long before killing it: time to checkpoint
+    constraint: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    job_name: str = "ssl_scale"
+    log_dir: Optional[str] = None  # submitit's folder (scripts, pickles, logs); null = <run.dir>/slurm
+    setup: List[str] = field(default_factory=list)  # shell lines run before the job (module load, venv ...)
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)  # extra sbatch options, e.g. {exclusive: true}
+
+
+@dataclass
 class Config:
     seed: int = 0
     run: RunConfig = field(default_factory=RunConfig)
@@ -179,3 +203,5 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    launcher: str = "slurm"  # `ssl-scale launch`: slurm (sbatch through submitit) | local (submitit's local executor)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import torch.distributed as dist
@@ -45,14 +45,49 @@ def pick_device(pref: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def rendezvous_port(job_id: str) -> int:
+    """The port of a job's rendezvous, derived from its id: the same for every task and every restart of
+    the job, and different for jobs that share a node (unless their ids are 20,000 apart)."""
+    digits = "".join(ch for ch in str(job_id) if ch.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
+
+
+def cluster_rendezvous() -> Optional[Dict[str, str]]:
+    """Inside a task of a submitit job (SLURM or local executor) or of a plain `srun` step, set torchrun's
+    variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT) from the cluster's.
+
+    The address is the first host of the job's node list; the port comes from the job id. Returns the
+    variables set, or None where torchrun already set them or no cluster job is seen."""
+    if "WORLD_SIZE" in os.environ:
+        return None
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        job = submitit.JobEnvironment()
+    elif "SLURM_STEP_ID" in os.environ and "SLURM_PROCID" in os.environ:  # srun, without submitit
+        from submitit.slurm.slurm import SlurmJobEnvironment
+
+        job = SlurmJobEnvironment()
+    else:
+        return None
+    addr = job.hostnames[0] if job.cluster == "slurm" else "127.0.0.1"
+    values = {"RANK": str(job.global_rank), "WORLD_SIZE": str(job.num_tasks), "LOCAL_RANK": str(job.local_rank),
+              "LOCAL_WORLD_SIZE": str(job.num_tasks // max(job.num_nodes, 1)),
+              "MASTER_ADDR": os.environ.get("MASTER_ADDR", addr),
+              "MASTER_PORT": os.environ.get("MASTER_PORT", str(rendezvous_port(job.raw_job_id)))}
+    os.environ.update(values)
+    return values
+
+
 def init_distributed(device_pref: str = "auto", timeout_s: int = 1800) -> DistEnv:
-    """Join the process group described by the environment (torchrun's RANK/WORLD_SIZE/LOCAL_RANK,
-    or SLURM's variables once MASTER_ADDR/MASTER_PORT are set by the launcher); one process otherwise."""
+    """Join the process group described by the environment (torchrun's RANK/WORLD_SIZE/LOCAL_RANK, or a
+    SLURM / submitit job's, see `cluster_rendezvous`); one process otherwise."""
     if dist.is_initialized():  # joined already (a test harness, a launcher): use that group
         world, rank = dist.get_world_size(), dist.get_rank()
         local = _env_int("LOCAL_RANK", default=rank)
         device = pick_device(device_pref, local)
         return DistEnv(rank, world, local, device, dist.get_backend())
+    cluster_rendezvous()
     world = _env_int("WORLD_SIZE", default=1)
     rank = _env_int("RANK", default=0)
     local = _env_int("LOCAL_RANK", default=0)
@@ -89,6 +124,12 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on at least one (one one-element all-reduce)."""
+    t = torch.tensor(1.0 if flag else 0.0, device=device)
+    return bool(all_reduce_max(t))
 
 
 def broadcast_object(obj, src: int = 0):

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -16,8 +16,8 @@ from ssl_scale.checkpoint.state import load_model_optim_state, model_optim_state
 from ssl_scale.config import ConfigError, to_yaml
 from ssl_scale.config.derived import Derived, derive
 from ssl_scale.data.loader import BadDataCounter, build_train_loader
-from ssl_scale.distributed import (DistEnv, all_reduce_sum, full_tensor, init_distributed, parallelize, plan_parallelism,
-                                   reduce_fns, shard_reductions, unwrap)
+from ssl_scale.distributed import (DistEnv, all_reduce_sum, any_rank, full_tensor, init_distributed, parallelize,
+                                   plan_parallelism, reduce_fns, shard_reductions, unwrap)
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
 from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
 from ssl_scale.train.build import build_dataset, build_multicrop, build_ssl_model
@@ -31,7 +31,8 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; no checkpoint was written after that point."""
 
 
-def prepare_run_dir(path: Path, is_main: bool) -> None:
+def prepare_run_dir(path: Path, is_main: bool, key: str = "run.dir") -> None:
+    """Create `path` and prove it writable (on the main rank), or stop with one line naming `key`."""
     if not is_main:
         return
     try:
@@ -40,7 +41,7 @@ def prepare_run_dir(path: Path, is_main: bool) -> None:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise ConfigError(f"'run.dir': cannot write to {str(path)!r} ({e.strerror}); choose another run.dir") from None
+        raise ConfigError(f"'{key}': cannot write to {str(path)!r} ({e.strerror}); choose another {key}") from None
 
 
 def _new_window() -> Dict[str, float]:
@@ -228,8 +229,20 @@ class Trainer:
                                   pin_memory=c.pin_memory and self.env.device.type == "cuda",
                                   prefetch_factor=c.prefetch_factor)
 
-    def fit(self) -> Dict[str, Any]:
-        """Train until train.epochs (or train.max_steps); checkpoint every run.checkpoint_every steps."""
+    def _stop_now(self, stop: Optional[Callable[[], bool]]) -> bool:
+        """Whether to stop after this step: asked of `stop` every run.stop_check_every steps, and agreed
+        over all ranks (a signal reaches the ranks at different moments; they must stop at the same step)."""
+        if stop is None or self.step % self.cfg.run.stop_check_every:
+            return False
+        return any_rank(stop(), self.env.device)
+
+    def fit(self, stop: Optional[Callable[[], bool]] = None) -> Dict[str, Any]:
+        """Train until train.epochs (or train.max_steps); checkpoint every run.checkpoint_every steps.
+
+        Args:
+            stop: polled between steps (a preemption signal's flag); once it returns True on any rank,
+                every rank writes the checkpoint of the current step and fit returns with "stopped": True.
+        """
         d, cfg = self.derived, self.cfg
         tele = Telemetry(self.run_dir, self.env.is_main, d.stop_step, self.step, cfg.run.progress,
                          cfg.run.tensorboard, self.num_prototypes)
@@ -240,8 +253,9 @@ class Trainer:
         window = _new_window()
         loss_sum = torch.zeros((), device=self.env.device)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.env.device)
+        stopping = False
         try:
-            while self.step < d.stop_step:
+            while self.step < d.stop_step and not stopping:
                 t_wait = time.perf_counter()
                 for batch in self._loader():
                     t_got = time.perf_counter()
@@ -263,16 +277,17 @@ class Trainer:
                     window["n"] += 1
                     tele.advance()
                     at_end = self.step >= d.stop_step
-                    if self.step % cfg.run.log_every == 0 or at_end:
+                    stopping = not at_end and self._stop_now(stop)
+                    if self.step % cfg.run.log_every == 0 or at_end or stopping:
                         _raise_if_diverged(nonfinite, self.step)  # host sync only at logging intervals
                         last_loss = float(all_reduce_sum(loss_sum)) / (window["n"] * self.env.world_size)
                         tele.log(self._metrics(last_loss, out["lr"], window))
                         loss_sum.zero_()
                         window = _new_window()
-                    if self.step % cfg.run.checkpoint_every == 0 or at_end:
+                    if self.step % cfg.run.checkpoint_every == 0 or at_end or stopping:
                         _raise_if_diverged(nonfinite, self.step)
                         self.save_checkpoint()
-                    if at_end:
+                    if at_end or stopping:
                         break
                     t_wait = time.perf_counter()
                 else:  # the epoch ran out before the run's end
@@ -280,7 +295,10 @@ class Trainer:
                     self.batch_in_epoch = 0
         finally:
             tele.close()
-        return {"step": self.step, "epoch": self.epoch, "loss": last_loss, "run_dir": str(self.run_dir)}
+        if stopping:
+            log.warning("stopped on request at step %d of %d; its checkpoint is written", self.step, d.stop_step)
+        return {"step": self.step, "epoch": self.epoch, "loss": last_loss, "run_dir": str(self.run_dir),
+                "stopped": stopping}
 
     def _metrics(self, loss: float, lr: float, w: Dict[str, float]) -> Dict[str, float]:
         stats = getattr(self.loss_fn, "last_stats", {}) or {}
