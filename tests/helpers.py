@@ -16,3 +16,7 @@ TINY = [
 def tiny_config(run_dir, *overrides):
     """The quickstart recipe shrunk to 16/8-pixel crops and 16 images per process."""
     return load_config("quickstart", [f"run.dir={run_dir}", *TINY, *overrides])
+
+# A smaller model for multi-process tests: the debug RegNetY, a narrow head, two prototype sets.
+SMALL_MODEL = ["model.trunk=regnet_y_debug", "model.head.hidden_dims=[256]", "model.head.num_prototypes=[40, 20]",
+               "train.sync_bn=global"]
