@@ -9,6 +9,8 @@ SHARED = Path(os.environ.get("SSL_SCALE_SHARED_DATA", Path(__file__).resolve().p
 TINY = [
     "data.batch_size=16", "data.num_workers=0", "run.progress=false", "run.tensorboard=false",
     "run.log_every=1", "eval.knn_at_end=false", "loss.freeze_prototypes_iters=1", "train.precision=fp32",
+    # the optimizer and schedule these tests were written against (the quickstart moved to plain SGD, no warmup)
+    "optim.name=lars_sgd", "schedule.warmup_epochs=1", "model.head.num_prototypes=[300]",
     "data.crops=[{size: 16, count: 2, scale: [0.3, 1.0], blur_p: 0.0}, {size: 8, count: 2, scale: [0.1, 0.5], blur_p: 0.0}]",
 ]
 
@@ -16,3 +18,7 @@ TINY = [
 def tiny_config(run_dir, *overrides):
     """The quickstart recipe shrunk to 16/8-pixel crops and 16 images per process."""
     return load_config("quickstart", [f"run.dir={run_dir}", *TINY, *overrides])
+
+# A smaller model for multi-process tests: the debug RegNetY, a narrow head, two prototype sets.
+SMALL_MODEL = ["model.trunk=regnet_y_debug", "model.head.hidden_dims=[256]", "model.head.num_prototypes=[40, 20]",
+               "train.sync_bn=global"]

@@ -178,6 +178,13 @@ def _check_values(cfg: DictConfig) -> None:
     need(cfg.run.keep_last >= 1, "run.keep_last", "must keep at least one checkpoint")
     need(cfg.run.checkpoint_every > 0 and cfg.run.log_every > 0, "run.checkpoint_every", "intervals must be positive")
     need(0 <= cfg.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+    par = cfg.parallel
+    need(par.ac_every >= 1, "parallel.ac_every", "must be >= 1 (1 = every block)")
+    need(not par.shard_prototypes or par.mode == "fsdp", "parallel.shard_prototypes", "needs parallel.mode=fsdp")
+    need(not par.shard_prototypes or cfg.loss.queue_length == 0, "parallel.shard_prototypes",
+         "does not support the SwAV queue yet; set loss.queue_length=0")
+    need(par.mode != "fsdp" or cfg.train.precision != "fp16", "train.precision",
+         "fp16 needs a gradient scaler that FSDP does not share; use bf16 with parallel.mode=fsdp")
     need(cfg.run.stop_check_every > 0, "run.stop_check_every", "must be a positive number of steps")
     sl = cfg.slurm
     for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"):

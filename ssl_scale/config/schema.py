@@ -13,6 +13,8 @@ CHOICES = {
     "model.stem": ["imagenet", "cifar"],
     "data.train.split": ["train", "test", "all"],
     "parallel.mode": ["ddp", "fsdp"],
+    "parallel.fsdp_unit": ["block", "stage"],
+    "parallel.activation_checkpointing": ["none", "block"],
     "launcher": ["slurm", "local"],
 }
 REGISTRY_KEYS = {
@@ -159,7 +161,16 @@ class EvalConfig:
 
 @dataclass
 class ParallelConfig:
-    mode: str = "ddp"
+    """How the model is spread over processes (applied by ssl_scale/distributed/parallelize.py)."""
+
+    mode: str = "ddp"  # ddp: every rank holds the whole model | fsdp: FSDP2 fully_shard, each rank holds 1/N of parameters, gradients and optimizer state
+    fsdp_unit: str = "block"  # fsdp: parameters gathered per residual block (block) or per stage (stage: fewer, larger collectives)
+    reshard_after_forward: bool = True  # fsdp: free gathered weights after forward and gather again in backward (less memory, more communication)
+    fp32_norms_and_prototypes: bool = True  # fsdp with train.precision=bf16: norm layers and prototypes keep fp32 parameters and compute
+    activation_checkpointing: str = "none"  # none | block: residual blocks recompute their activations in backward
+    ac_every: int = 1  # with activation_checkpointing=block: checkpoint every k-th block (1 = every block)
+    shard_prototypes: bool = False  # fsdp: each rank keeps K/N prototype rows and scores the gathered batch against them
+    meta_init: bool = False  # build the model on the meta device; each rank materialises and initialises only its shards
 
 
 @dataclass

@@ -11,7 +11,8 @@ Reduce = Callable[[Tensor], object]
 
 @torch.no_grad()
 def sinkhorn_knopp(scores: Tensor, epsilon: float, iterations: int, reduce_sum: Optional[Reduce] = None,
-                   reduce_max: Optional[Reduce] = None, use_float64: bool = False) -> Tensor:
+                   reduce_max: Optional[Reduce] = None, use_float64: bool = False,
+                   prototypes_split: bool = False) -> Tensor:
     """SwAV codes: soft assignments of this rank's samples, equipartitioned over the K prototypes
     within the GLOBAL batch (all ranks together).
 
@@ -28,6 +29,9 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float, iterations: int, reduce_sum: 
             None = one process.
         reduce_max: in-place max all-reduce; None = one process.
         use_float64: compute in float64 (float32 otherwise).
+        prototypes_split: the ranks hold the same (global) samples and each a slice of the
+            prototypes (sharded prototype head): the sample sums and K are reduced instead of the
+            prototype sums and B.
 
     Returns:
         (B_local, K) codes whose rows sum to 1; float64 when ``scores`` is float64, else float32.
@@ -41,19 +45,24 @@ def sinkhorn_knopp(scores: Tensor, epsilon: float, iterations: int, reduce_sum: 
         reduce_max(top)
     q = torch.exp((scores - top) / epsilon).t()  # (K, B_local): rows are prototypes, columns samples
     k = q.shape[0]
-    # Total mass and global batch size in one all-reduce (no host copy of the batch size).
-    total_and_batch = torch.stack([q.sum(), q.new_tensor(float(q.shape[1]))])
+    # Total mass and the split dimension's global size in one all-reduce (no host copy).
+    total_and_size = torch.stack([q.sum(), q.new_tensor(float(q.shape[0] if prototypes_split else q.shape[1]))])
     if reduce_sum is not None:
-        reduce_sum(total_and_batch)
-    q /= total_and_batch[0]
-    b = total_and_batch[1]
+        reduce_sum(total_and_size)
+    q /= total_and_size[0]
+    k, b = (total_and_size[1], q.shape[1]) if prototypes_split else (k, total_and_size[1])
+    row_reduce = None if prototypes_split else reduce_sum  # a prototype's row lives on one rank
+    col_reduce = reduce_sum if prototypes_split else None  # a sample's column lives on one rank
     for _ in range(iterations):
         row_sums = q.sum(dim=1, keepdim=True)
-        if reduce_sum is not None:
-            reduce_sum(row_sums)
+        if row_reduce is not None:
+            row_reduce(row_sums)
         q /= row_sums
         q /= k
-        q /= q.sum(dim=0, keepdim=True)  # a sample's column lives on one rank: no reduction
+        col_sums = q.sum(dim=0, keepdim=True)
+        if col_reduce is not None:
+            col_reduce(col_sums)
+        q /= col_sums
         q /= b
     q *= b
     return q.t().to(out_dtype)

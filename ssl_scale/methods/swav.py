@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -53,13 +53,24 @@ class SwAVLoss(nn.Module):
         use_float64: run Sinkhorn in float64.
         reduce_sum: in-place sum all-reduce over the data-parallel ranks; None = one process.
         reduce_max: in-place max all-reduce over the data-parallel ranks; None = one process.
+        prototype_shards: N > 1 when each of N ranks holds K/N rows of every prototype set (sharded
+            head): ``scores`` are then the (N * num_crops * B, K/N) scores of the embeddings of all
+            ranks (rank-major) against the local rows. The softmax becomes a log-sum-exp over the
+            shards, Sinkhorn normalises samples across shards, and the returned loss has the value
+            of the global loss and the gradient of N times this rank's share of it (every rank holds
+            the whole loss; data parallelism averages gradients over the N ranks). No queue.
+        reduce_sum_grad: out-of-place sum over ranks whose backward sums the gradients (needed with
+            prototype_shards > 1).
     """
 
     def __init__(self, temperature: float = 0.1, epsilon: float = 0.05, sinkhorn_iterations: int = 3,
                  crops_for_assign: Sequence[int] = (0, 1), num_crops: int = 2, queue_length: int = 0,
                  queue_start_epoch: int = 15, use_float64: bool = False, reduce_sum: Optional[Reduce] = None,
-                 reduce_max: Optional[Reduce] = None):
+                 reduce_max: Optional[Reduce] = None, prototype_shards: int = 1,
+                 reduce_sum_grad: Optional[Callable[[Tensor], Tensor]] = None):
         super().__init__()
+        if prototype_shards > 1 and (queue_length or reduce_sum is None or reduce_max is None or reduce_sum_grad is None):
+            raise ValueError("sharded prototypes need reduce_sum, reduce_max and reduce_sum_grad, and no queue")
         if num_crops < 2:
             raise ValueError(f"SwAV needs at least 2 crops per image, got num_crops={num_crops}")
         crops_for_assign = tuple(int(c) for c in crops_for_assign)
@@ -79,6 +90,8 @@ class SwAVLoss(nn.Module):
         self.use_float64 = use_float64
         self.reduce_sum = reduce_sum
         self.reduce_max = reduce_max
+        self.prototype_shards = prototype_shards
+        self.reduce_sum_grad = reduce_sum_grad
         self.register_buffer("queue", None)
         self.register_buffer("queue_filled", None)
         self._filled = 0  # host copy of queue_filled
@@ -145,6 +158,8 @@ class SwAVLoss(nn.Module):
         n = self.num_crops
         if rows % n:
             raise ValueError(f"{rows} embedding rows are not a multiple of num_crops={n}")
+        if self.prototype_shards > 1:
+            return self._forward_sharded(scores, n)
         b = rows // n
         if self.queue_length and self.queue is None:
             dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
@@ -180,6 +195,50 @@ class SwAVLoss(nn.Module):
         if self.queue is not None:
             self._push(embeddings.detach(), b)
         return loss
+
+    def _forward_sharded(self, scores: List[Tensor], n: int) -> Tensor:
+        w = self.prototype_shards
+        total: Union[float, Tensor] = 0.0
+        for i, sc in enumerate(scores):
+            rows, k_local = sc.shape
+            b = rows // (w * n)  # samples per rank
+            # rank-major (rank, crop, sample) rows -> crop-major rows over the global batch
+            sc = sc.float().view(w, n, b, k_local).transpose(0, 1).reshape(n, w * b, k_local)
+            logits = sc / self.temperature
+            top = logits.detach().amax(dim=2)
+            self.reduce_max(top)
+            lse = top + torch.log(self.reduce_sum_grad(torch.exp(logits - top.unsqueeze(2)).sum(dim=2)))
+            log_p = logits - lse.unsqueeze(2)  # log-softmax over all K prototypes, this rank's columns
+            set_loss: Union[float, Tensor] = 0.0
+            for j, s in enumerate(self.crops_for_assign):
+                q = sinkhorn_knopp(sc[s].detach(), self.epsilon, self.sinkhorn_iterations, self.reduce_sum,
+                                   self.reduce_max, self.use_float64, prototypes_split=True)
+                if i == 0 and j == 0:
+                    self._update_sharded_stats(sc, q)
+                # this rank's share of the cross-entropy: the sum over its prototype columns
+                per_crop = -torch.einsum("bk,nbk->n", q.to(log_p.dtype), log_p) / (w * b)
+                set_loss = set_loss + (per_crop.sum() - per_crop[s]) / (n - 1)
+            total = total + set_loss / len(self.crops_for_assign)
+        share = w * total / len(scores)
+        value = self.reduce_sum(share.detach() / w)
+        return share + (value - share).detach()
+
+    @torch.no_grad()
+    def _update_sharded_stats(self, scores: Tensor, codes: Tensor) -> None:
+        """The statistics of `_update_stats` from (crop, global sample, K/N) scores and (global sample, K/N) codes."""
+        entropy = -torch.special.xlogy(codes, codes).sum(dim=1)
+        self.reduce_sum(entropy)
+        used = torch.zeros(scores.shape[2], dtype=torch.bool, device=scores.device)
+        k = torch.tensor([float(scores.shape[2])], device=scores.device)
+        self.reduce_sum(k)
+        for s in self.crops_for_assign:
+            best = scores[s].amax(dim=1)
+            self.reduce_max(best)
+            used |= (scores[s] == best.unsqueeze(1)).any(dim=0)
+        count = used.float().sum().reshape(1)
+        self.reduce_sum(count)
+        self.last_stats = {"assignment_entropy": entropy.mean(), "prototype_usage": (count / k)[0],
+                           "ln_k": torch.log(k)[0].cpu()}
 
     @torch.no_grad()
     def _update_stats(self, scores: Tensor, codes: Tensor, b: int) -> None:

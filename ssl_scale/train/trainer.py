@@ -17,10 +17,12 @@ from ssl_scale.config import ConfigError, to_yaml
 from ssl_scale.config.derived import Derived, derive
 from ssl_scale.data.loader import BadDataCounter, build_train_loader, steps_per_epoch
 from ssl_scale.data.stream import Layout, remaining_ranges
-from ssl_scale.distributed import DistEnv, all_reduce_sum, any_rank, init_distributed, parallelize, reduce_fns, unwrap
+from ssl_scale.distributed import (DistEnv, all_reduce_sum, any_rank, full_tensor, init_distributed, parallelize,
+                                   plan_parallelism, reduce_fns, shard_reductions, unwrap)
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
 from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
 from ssl_scale.train.build import build_dataset, build_multicrop, build_ssl_model
+from ssl_scale.train.flops import measured_peak_flops, peak_memory_bytes, step_flops
 from ssl_scale.train.telemetry import Telemetry
 
 log = logging.getLogger("ssl_scale")
@@ -82,11 +84,10 @@ class Trainer:
         self.derived: Derived = derive(cfg, self.env.world_size, len(self.dataset), steps_per_epoch(
             self.dataset, self.env.world_size, cfg.data.batch_size, cfg.data.num_workers))
         # 3. model, then parallelism applied from outside the model
-        self.model = build_ssl_model(cfg.model)
+        self.plan = plan_parallelism(cfg, self.env)
+        self.model = build_ssl_model(cfg.model, device="meta" if self.plan.meta_init else None)
         self.num_prototypes = list(cfg.model.head.num_prototypes)
-        self.ddp_model = parallelize(self.model, self.env, sync_bn=cfg.train.sync_bn,
-                                     sync_bn_group_size=cfg.train.sync_bn_group_size,
-                                     channels_last=cfg.train.channels_last, compile_trunk=cfg.train.compile)
+        self.ddp_model = parallelize(self.model, self.env, self.plan)
         self.model = unwrap(self.ddp_model)
         # 4. loss (with its queue), given the reductions instead of importing torch.distributed
         self.loss_fn = self._build_loss().to(self.env.device)
@@ -121,12 +122,13 @@ class Trainer:
     def _build_loss(self):
         c = self.cfg.loss
         s, m = reduce_fns()
+        shards = shard_reductions(self.env.world_size) if self.plan.shard_prototypes else {}
         loss = LOSSES.get(c.name)(
             temperature=c.temperature, epsilon=c.epsilon, sinkhorn_iterations=c.sinkhorn_iterations,
             crops_for_assign=tuple(c.crops_for_assign), num_crops=self.derived.num_crops,
             queue_length=self.derived.queue_length, queue_start_epoch=c.queue_start_epoch,
             use_float64=c.use_float64, reduce_sum=s if self.env.distributed else None,
-            reduce_max=m if self.env.distributed else None)
+            reduce_max=m if self.env.distributed else None, **shards)
         if self.derived.queue_length:
             loss.init_queue(self.cfg.model.head.output_dim, self.env.device)
         return loss
@@ -143,7 +145,7 @@ class Trainer:
         # State that differs between ranks is stored under the rank's own key.
         per_rank = {"loss": self.loss_fn.state_dict(), "rng": torch.get_rng_state()}
         progress = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                    "world_size": self.env.world_size}
+                    "world_size": self.env.world_size, "global_batch": self.derived.global_batch}
         data = {"num_workers": self.cfg.data.num_workers, "plan": list(self.data_plan)}
         return {"model": model_sd, "optim": optim_sd, "progress": progress, f"rank{self.env.rank}": per_rank,
                 "bad_data": self.bad.state_dict(), "data_position": data}
@@ -154,26 +156,31 @@ class Trainer:
             raise ConfigError(f"{path} is not a training checkpoint of this engine")
         state = self.state_dict()
         mine = f"rank{self.env.rank}"
-        has_mine = any(k.startswith(mine + ".") for k in stored)
+        stored_world = len({k.split(".")[0] for k in stored if k.startswith("rank")})
+        # per-rank state (queue, RNG) only carries over to the same number of processes
+        has_mine = stored_world == self.env.world_size and any(k.startswith(mine + ".") for k in stored)
         if not has_mine:
             state.pop(mine)
         for optional in ("bad_data", "data_position"):
             if not any(k.startswith(optional) for k in stored):
                 state.pop(optional)
+        if "progress.global_batch" not in stored:  # written before it was recorded
+            state["progress"].pop("global_batch")
         self._check_model_keys(path, stored, state["model"])
         _drop_unsaved_optimizer_state(state["optim"], stored)
         CheckpointManager.load(path, state)
         load_model_optim_state(self.ddp_model, self.optimizer, state["model"], state["optim"])
         p = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])
+        old_batch = int(p.get("global_batch", self.cfg.data.batch_size * int(p["world_size"])))
         if self.streaming:
             self._restore_stream_position(int(p["world_size"]), state.get("data_position"))
         elif p["world_size"] != self.env.world_size:
-            # The data position counts this rank's batches; another world size means another split.
-            self.batch_in_epoch = self.batch_in_epoch * int(p["world_size"]) // self.env.world_size
+            # The data position counts global batches; another global batch size means another count.
+            self.batch_in_epoch = self.batch_in_epoch * old_batch // self.derived.global_batch
         if p["world_size"] != self.env.world_size:
-            log.warning("resuming a %d-process checkpoint on %d processes: the SwAV queue restarts empty",
-                        p["world_size"], self.env.world_size)
+            log.warning("resuming a %d-process checkpoint on %d processes (global batch %d, was %d): the SwAV "
+                        "queue restarts empty", p["world_size"], self.env.world_size, self.derived.global_batch, old_batch)
         if has_mine:
             self.loss_fn.load_state_dict(state[mine]["loss"])
             torch.set_rng_state(state[mine]["rng"])
@@ -215,11 +222,13 @@ class Trainer:
 
     # ----- training ----------------------------------------------------------------------------
     def _autocast(self):
-        p = self.cfg.train.precision
-        if p == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if p == "bf16" else torch.float16
-        return torch.autocast(self.env.device.type, dtype=dtype)
+        dtype = self.plan.autocast_dtype  # None under FSDP2 bf16: its policy casts the parameters
+        return torch.autocast(self.env.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    def _prototypes(self):
+        """The prototype matrices the loss scores its queue with (whole, also when FSDP shards them)."""
+        protos = [p.weight for p in self.model.head.prototypes]
+        return [full_tensor(p) for p in protos] if self.loss_fn.queue_length else protos
 
     def train_step(self, crops) -> Dict[str, torch.Tensor]:
         lr = self.schedule(self.step)
@@ -228,8 +237,7 @@ class Trainer:
         t0 = time.perf_counter()
         with self._autocast():
             z, scores = self.ddp_model(crops)
-        loss = self.loss_fn(z.float(), [s.float() for s in scores],
-                            [p.weight for p in self.model.head.prototypes], epoch=self.epoch)
+        loss = self.loss_fn(z.float(), [s.float() for s in scores], self._prototypes(), epoch=self.epoch)
         t1 = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         (self.scaler.scale(loss) if self.scaler else loss).backward()
@@ -275,6 +283,8 @@ class Trainer:
         tele = Telemetry(self.run_dir, self.env.is_main, d.stop_step, self.step, cfg.run.progress,
                          cfg.run.tensorboard, self.num_prototypes)
         self.ddp_model.train()
+        self.flops_per_step = step_flops(cfg.model, [(c.size, c.count) for c in cfg.data.crops], cfg.data.batch_size)
+        self.peak_flops = measured_peak_flops(self.env.device, self.plan.precision_dtype or torch.float32)
         last_loss = float("nan")
         window = _new_window()
         loss_sum = torch.zeros((), device=self.env.device)
@@ -337,4 +347,13 @@ class Trainer:
         for k in ("assignment_entropy", "prototype_usage"):
             if k in stats:
                 m[k] = float(stats[k])
+        achieved = self.flops_per_step * w["n"] / max(w["time"], 1e-9)  # model FLOP/s of this process
+        m["tflops_per_s"] = achieved / 1e12
+        if self.peak_flops:
+            m["mfu"] = achieved / self.peak_flops
+        mem = torch.zeros(self.env.world_size, dtype=torch.float64, device=self.env.device)
+        mem[self.env.rank] = peak_memory_bytes(self.env.device) / 2 ** 20
+        per_rank = all_reduce_sum(mem).tolist()
+        m["peak_memory_mb"] = max(per_rank)
+        m["peak_memory_mb_per_rank"] = per_rank
         return m

@@ -119,3 +119,27 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "ssl_scale.cli", "config", "quickstart", "data.batch_size=32"],
                         capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and "batch_size: 32" in ok.stdout
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["parallel.activation_checkpointing=all"], r"'parallel.activation_checkpointing': invalid choice 'all'; valid: none, block"),
+    (["parallel.shard_prototypes=true"], r"'parallel.shard_prototypes': needs parallel.mode=fsdp"),
+    (["parallel.mode=fsdp", "parallel.shard_prototypes=true", "loss.queue_length=64"],
+     r"'parallel.shard_prototypes': does not support the SwAV queue"),
+    (["parallel.mode=fsdp", "train.precision=fp16"], r"'train.precision': fp16 needs a gradient scaler"),
+    (["parallel.ac_every=0"], r"'parallel.ac_every': must be >= 1"),
+])
+def test_parallel_keys_are_checked(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, "r.yaml", "data: {train: {source: embedded}}\n"), overrides)
+
+
+def test_parallel_plan_on_one_process_trains_unsharded_with_autocast(tmp_path):
+    from ssl_scale.distributed import DistEnv, plan_parallelism
+
+    cfg = load_config(write(tmp_path, "r.yaml", "data: {train: {source: embedded}}\n"),
+                      ["parallel.mode=fsdp", "train.precision=bf16", "parallel.shard_prototypes=true"])
+    one = plan_parallelism(cfg, DistEnv())
+    assert not one.fsdp and not one.shard_prototypes and one.autocast_dtype == torch.bfloat16
+    two = plan_parallelism(cfg, DistEnv(world_size=2))
+    assert two.fsdp and two.shard_prototypes and two.fsdp_bf16 and two.autocast_dtype is None

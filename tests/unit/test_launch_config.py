@@ -64,8 +64,9 @@ def test_sbatch_script_carries_the_slurm_keys(tmp_path):
 
 
 def test_rendezvous_from_a_slurm_task(monkeypatch):
-    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR"):
-        monkeypatch.delenv(k, raising=False)
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR"):
+        monkeypatch.setenv(k, "unset")  # recorded as absent, so the rendezvous below is undone afterwards
+        monkeypatch.delenv(k)
     # what srun gives task 5 of a 2-node x 4-task step of job 4242 (SLURM's own variable names)
     monkeypatch.setenv("SLURM_STEP_ID", "0")
     monkeypatch.setenv("SLURM_JOB_ID", "4242")

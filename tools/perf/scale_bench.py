@@ -1,0 +1,224 @@
+"""Scale benchmarks on CPU (gloo): each prints a markdown table. Not a test; the figures go to docs/scale.md.
+
+    python tools/perf/scale_bench.py state      # params + grads + optimizer state per rank, 1/2/4 ranks, DDP vs FSDP
+    python tools/perf/scale_bench.py ac         # activation memory and step time with / without checkpointing
+    python tools/perf/scale_bench.py prototypes # a SwAV step with 1,000,000 prototypes split over 4 ranks
+    python tools/perf/scale_bench.py seer       # one training step of the SEER RegNetY-256GF recipe on 4 ranks
+
+Every configuration runs in fresh processes (spawned, gloo on 127.0.0.1), so peak resident memory
+(ru_maxrss) belongs to that configuration alone.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import tempfile
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+MB = 2 ** 20
+
+
+def _worker(rank, world, port, fn, args, out_dir):
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=3600))
+    try:
+        torch.save(fn(*args), os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def spawn(fn, world, *args):
+    """fn(*args) on `world` fresh gloo processes; their results in rank order."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as d:
+        mp.spawn(_worker, args=(world, port, fn, args, d), nprocs=world, join=True)
+        return [torch.load(os.path.join(d, f"{r}.pt"), weights_only=False) for r in range(world)]
+
+
+def _trainer(overrides):
+    from ssl_scale.config import load_config
+    from ssl_scale.train.trainer import Trainer
+
+    run_dir = tempfile.mkdtemp(prefix="scale_bench_")
+    base = [f"run.dir={run_dir}", "run.progress=false", "run.tensorboard=false", "eval.knn_at_end=false",
+            "data.num_workers=0", "run.checkpoint_every=100000", "train.channels_last=false"]
+    return Trainer(load_config("quickstart", base + list(overrides)))
+
+
+def _bytes(tensors):
+    from torch.distributed.tensor import DTensor
+
+    return sum((t.to_local() if isinstance(t, DTensor) else t).numel() * t.element_size() for t in tensors)
+
+
+def _state_worker(overrides):
+    from ssl_scale.train.flops import peak_memory_bytes
+
+    t = _trainer(overrides)
+    t.fit()
+    params = list(t.model.parameters())
+    optim = [v for s in t.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim() > 0]
+    return {"params": _bytes(params), "grads": _bytes(p.grad for p in params if p.grad is not None),
+            "optim": _bytes(optim), "rss": peak_memory_bytes(torch.device("cpu"))}
+
+
+def bench_state(args):
+    common = [f"model.trunk={args.trunk}", "data.batch_size=8", "train.max_steps=1", "loss.freeze_prototypes_iters=0",
+              "data.crops=[{size: 32, count: 2, scale: [0.3, 1.0]}]", "model.head.num_prototypes=[3000]"]
+    print(f"\nPer-rank parameters + gradients + optimizer state (LARS momentum), {args.trunk}, fp32, after one step\n")
+    print("| mode | ranks | params MiB | grads MiB | optim MiB | total MiB | x 1/N of 1-rank total | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    single = None
+    for mode, world in [("ddp", 1), ("ddp", 2), ("fsdp", 2), ("fsdp", 4)]:
+        rows = spawn(_state_worker, world, common + [f"parallel.mode={mode}", f"data.batch_size={8 // world}"])
+        r = max(rows, key=lambda x: x["params"] + x["grads"] + x["optim"])
+        total = r["params"] + r["grads"] + r["optim"]
+        single = single or total
+        print(f"| {mode} | {world} | {r['params'] / MB:.1f} | {r['grads'] / MB:.1f} | {r['optim'] / MB:.1f} | "
+              f"{total / MB:.1f} | {total / (single / world):.3f} | {max(x['rss'] for x in rows) / MB:.0f} |", flush=True)
+
+
+def _ac_worker(trunk, ac, batch, px, steps):
+    from ssl_scale.distributed.parallelize import apply_ac
+    from ssl_scale.models.trunks import build_trunk
+    from ssl_scale.train.flops import peak_memory_bytes
+
+    torch.manual_seed(0)
+    model = build_trunk(trunk)
+    if ac:
+        apply_ac(model)
+    x = torch.randn(batch, 3, px, px)
+    model(x[:2]).sum().backward()  # warm-up: gradients allocated, kernels chosen
+    base = peak_memory_bytes(torch.device("cpu"))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        model(x).sum().backward()
+        times.append(time.perf_counter() - t0)
+    return {"act": peak_memory_bytes(torch.device("cpu")) - base, "time": sorted(times)[len(times) // 2]}
+
+
+def bench_ac(args):
+    print(f"\nActivation checkpointing on {args.ac_trunk}, batch {args.ac_batch} x {args.ac_px} px, forward + backward, "
+          f"1 process, {os.environ.get('BENCH_THREADS', '1')} thread(s); activation memory = peak RSS growth over "
+          f"the step\n")
+    print("| activation checkpointing | activation MiB | step s (median) |")
+    print("|---|---|---|")
+    res = {}
+    for ac in (False, True):
+        res[ac] = spawn(_ac_worker, 1, args.ac_trunk, ac, args.ac_batch, args.ac_px, args.steps)[0]
+        print(f"| {'every block' if ac else 'none'} | {res[ac]['act'] / MB:.0f} | {res[ac]['time']:.2f} |", flush=True)
+    print(f"\nmemory ratio {res[False]['act'] / max(res[True]['act'], 1):.2f}x less, "
+          f"time ratio {res[True]['time'] / res[False]['time']:.2f}x")
+
+
+def _proto_worker(k, dim, batch, crops, sharded):
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from ssl_scale.distributed import reduce_fns, shard_reductions
+    from ssl_scale.methods import SwAVLoss
+    from ssl_scale.train.flops import peak_memory_bytes
+
+    world = dist.get_world_size()
+    torch.manual_seed(0)
+    base = peak_memory_bytes(torch.device("cpu"))
+    z = F.normalize(torch.randn(crops * batch, dim), dim=1).requires_grad_(True)
+    s, m = reduce_fns()
+    if sharded:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from ssl_scale.distributed.prototypes import ShardedPrototypes
+
+        with torch.device("meta"):  # the whole matrix is never allocated: only this rank's rows
+            full = nn.Linear(dim, k, bias=False)
+        layer = ShardedPrototypes(full, init_device_mesh("cpu", (world,))).to_empty(device="cpu")
+        with torch.no_grad():
+            layer.weight.to_local().normal_()
+        loss_fn = SwAVLoss(num_crops=crops, reduce_sum=s, reduce_max=m, **shard_reductions(world))
+    else:
+        layer = nn.Linear(dim, k, bias=False)
+        loss_fn = SwAVLoss(num_crops=crops, reduce_sum=s, reduce_max=m)
+    t0 = time.perf_counter()
+    loss = loss_fn(z, [layer(z)], [layer.weight])
+    loss.backward()
+    return {"time": time.perf_counter() - t0, "rss": peak_memory_bytes(torch.device("cpu")) - base}
+
+
+def bench_prototypes(args):
+    k, dim, batch, crops = args.num_prototypes, 128, args.proto_batch, 4
+    print(f"\nSwAV loss step (scores, Sinkhorn, swapped prediction, backward) with {k:,} prototypes of dim {dim}, "
+          f"{batch} images x {crops} crops per rank\n")
+    print("| prototypes | ranks | prototype rows per rank | scores per rank | memory growth MiB (max rank) | step s |")
+    print("|---|---|---|---|---|---|")
+    for sharded, world in [(False, 1), (True, 4)]:  # 4 unsharded ranks hold 4 copies: the 1-rank figure each
+        rows = spawn(_proto_worker, world, k, dim, batch, crops, sharded)
+        rows_held = k // world if sharded else k
+        scored = batch * crops * (world if sharded else 1)
+        print(f"| {'split by rows' if sharded else 'whole on every rank'} | {world} | {rows_held:,} | "
+              f"{scored} x {rows_held:,} | {max(r['rss'] for r in rows) / MB:.0f} | {max(r['time'] for r in rows):.1f} |",
+              flush=True)
+
+
+def _seer_worker(px, steps):
+    from ssl_scale.distributed import local_numel
+    from ssl_scale.train.flops import peak_memory_bytes
+
+    t = _trainer([
+        "model.trunk=regnet_y_256gf", "model.stem=imagenet", "model.head.hidden_dims=[10444, 10444]",
+        "model.head.output_dim=256", "model.head.num_prototypes=[16000]", "loss.epsilon=0.03",
+        "loss.sinkhorn_iterations=10", "data.batch_size=2", f"train.max_steps={steps}", "train.precision=bf16",
+        f"data.crops=[{{size: {px}, count: 2, scale: [0.14, 1.0]}}, {{size: {px // 2}, count: 2, scale: [0.05, 0.14]}}]",
+        "parallel.mode=fsdp", "parallel.meta_init=true", "parallel.activation_checkpointing=block",
+        "parallel.shard_prototypes=true", "loss.freeze_prototypes_iters=0", "run.log_every=1"])
+    t0 = time.perf_counter()
+    out = t.fit()
+    return {"loss": out["loss"], "time": (time.perf_counter() - t0) / steps, "numel": local_numel(t.model)["params"],
+            "total": sum(p.numel() for p in t.model.parameters()), "rss": peak_memory_bytes(torch.device("cpu"))}
+
+
+def bench_seer(args):
+    print(f"\nSEER RegNetY-256GF + SwAV head (MLP 10444-10444-10444-256, 16,000 prototypes), FSDP over 4 CPU "
+          f"processes, meta init, bf16 parameters, activation checkpointing, prototypes split; crops 2x{args.seer_px} "
+          f"+ 2x{args.seer_px // 2}, 2 images per rank\n")
+    rows = spawn(_seer_worker, 4, args.seer_px, 1)
+    print("| rank | parameters held | of the model | peak RSS MiB | step s | loss |")
+    print("|---|---|---|---|---|---|")
+    for i, r in enumerate(rows):
+        print(f"| {i} | {r['numel'] / 1e6:.1f} M | {r['total'] / 1e9:.3f} B | {r['rss'] / MB:.0f} | {r['time']:.0f} | "
+              f"{r['loss']:.4f} |", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["state", "ac", "prototypes", "seer", "all"])
+    ap.add_argument("--trunk", default="resnet50")
+    ap.add_argument("--ac-trunk", default="regnet_y_800mf")
+    ap.add_argument("--ac-batch", type=int, default=32)
+    ap.add_argument("--ac-px", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--num-prototypes", type=int, default=1_000_000)
+    ap.add_argument("--proto-batch", type=int, default=16)
+    ap.add_argument("--seer-px", type=int, default=32)
+    args = ap.parse_args()
+    todo = ["state", "ac", "prototypes", "seer"] if args.what == "all" else [args.what]
+    for what in todo:
+        globals()[f"bench_{what}"](args)
+
+
+if __name__ == "__main__":
+    main()
