@@ -2,6 +2,7 @@
 
     ssl-scale benchmark SUITE.yaml --checkpoint A [--checkpoint B ...] [--out DIR] [key=value ...]
     ssl-scale benchmark SUITE.yaml --watch RUN_DIR [--watch-timeout S] [--out DIR]
+    ssl-scale benchmark SUITE.yaml --checkpoint A ... --submit slurm|local [slurm.partition=P slurm.timeout_min=M ...]
 
 Suite YAML (unknown keys are errors):
 
@@ -26,6 +27,7 @@ import copy
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -381,6 +383,9 @@ def _add_options(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     p.add_argument("--watch-interval", type=float, default=d(30.0), help="seconds between polls")
     p.add_argument("--watch-final-step", type=int, default=d(None),
                    help="stop after the checkpoint of this step (default: the one its run marks final)")
+    p.add_argument("--submit", choices=("slurm", "local"), default=d(None),
+                   help="run every (checkpoint, evaluation) as a submitit job (SLURM, or submitit's local "
+                        "executor), wait, then write the same results; slurm.KEY=VALUE overrides set the jobs")
 
 
 def add_benchmark_parser(subparsers) -> argparse.ArgumentParser:
@@ -414,9 +419,22 @@ def _parse_rest(args) -> argparse.Namespace:
 
 def cmd_benchmark(args) -> int:
     args = _parse_rest(args)
-    cfg = load_suite(args.suite, args.overrides)
+    slurm = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith("slurm.")]
+    if slurm and not args.submit:
+        raise ValueError(f"benchmark: {slurm[0]!r} sets a submitted job; add --submit slurm|local")
+    cfg = load_suite(args.suite, [o for o in args.overrides if o not in slurm])
     out = Path(args.out) if args.out else Path("benchmarks") / cfg["name"]
-    if args.watch:
+    if args.submit:
+        from .submit import JobsFailed, submit_suite
+
+        if args.watch:
+            raise ValueError("benchmark: --submit evaluates --checkpoint lists; --watch runs in this process")
+        try:
+            submit_suite(cfg, args.checkpoint, out, args.submit, slurm)
+        except JobsFailed as e:
+            print(f"ssl-scale benchmark: {e}", file=sys.stderr)
+            return 1
+    elif args.watch:
         if args.checkpoint:
             raise ValueError("benchmark: give either --checkpoint or --watch, not both")
         watch_run(cfg, args.watch, out, timeout=args.watch_timeout, interval=args.watch_interval,
@@ -429,8 +447,6 @@ def cmd_benchmark(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Standalone entry (tools/benchmark.py): `benchmark` subcommand with the CLI's one-line error handling."""
-    import sys
-
     parser = argparse.ArgumentParser(prog="ssl-scale")
     sub = parser.add_subparsers(dest="command", required=True)
     add_benchmark_parser(sub)
