@@ -2,16 +2,14 @@
 import pytest
 import torch
 
-from tests.helpers import SHARED
+from tests.helpers import shared_photos
 
 
 @pytest.fixture
 def cifar_mini():
     """../shared/data/cifar10-mini (train/ and test/ class folders of real photos), or a clear skip."""
-    root = SHARED / "cifar10-mini"
-    if not (root / "train").is_dir() or not (root / "test").is_dir():
-        pytest.skip(f"shared photos not found at {root} (set SSL_SCALE_SHARED_DATA)")
-    return root
+    shared_photos("cifar10-mini", "train")
+    return shared_photos("cifar10-mini", "test").parent
 
 
 @pytest.fixture

@@ -2,9 +2,19 @@
 import os
 from pathlib import Path
 
+import pytest
+
 from ssl_scale.config import load_config
 
 SHARED = Path(os.environ.get("SSL_SCALE_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+def shared_photos(*parts: str) -> Path:
+    """SHARED / parts (e.g. "cifar10-mini", "test"), or a clear skip when that folder is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"shared photos not found at {path} (set SSL_SCALE_SHARED_DATA)")
+    return path
 
 TINY = [
     "data.batch_size=16", "data.num_workers=0", "run.progress=false", "run.tensorboard=false",

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Tuple, Union
 
 import numpy as np
-from PIL import Image
 
-from ssl_scale.data.decode import BadSample, DataError, load_image
-from ssl_scale.data.sources import DATASETS
+from ssl_scale.data.decode import DataError
+from ssl_scale.data.sources import DATASETS, ImagePathDataset
 
 __all__ = ["FileListDataset", "FileListIndex", "build_filelist_index", "index_dir_for"]
 
@@ -169,7 +168,7 @@ def open_or_build_index(list_path: Union[str, os.PathLike]) -> FileListIndex:
 
 
 @DATASETS.register("filelist", "a .txt/.npy list of image paths (optional <TAB>label), memory-mapped once indexed")
-class FileListDataset:
+class FileListDataset(ImagePathDataset):
     """The images named by a file list; relative paths are taken from the list's folder (or `root`).
 
     Args:
@@ -186,9 +185,7 @@ class FileListDataset:
             raise DataError(f"file list {str(path)!r} names no images; add one image path a line")
         src = Path(self.index.meta.get("source") or self.index.dir)
         self.root = Path(root) if root is not None else Path(self.index.meta.get("root") or src.parent)
-        self.load_kwargs = {"min_size": min_size, "draft_size": draft_size}
-        if max_pixels is not None:
-            self.load_kwargs["max_pixels"] = max_pixels
+        self._set_decode_options(max_pixels, min_size, draft_size)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -201,12 +198,8 @@ class FileListDataset:
     def labels(self) -> np.ndarray:
         return np.asarray(self.index.labels) if self.index.labels is not None else np.full(len(self), -1)
 
-    def __getitem__(self, i: int) -> Union[Tuple[Image.Image, int], BadSample]:
-        key = self.key(i)
-        img = load_image(key, key, **self.load_kwargs)
-        if isinstance(img, BadSample):
-            return img
-        return img, self.index.label(i)
+    def label(self, i: int) -> int:
+        return self.index.label(i)
 
     def __repr__(self) -> str:
         return f"FileListDataset({str(self.index.dir)!r}, {len(self)} images)"

@@ -55,8 +55,33 @@ def iter_images(top: str, seen: Optional[set] = None) -> Iterator[str]:
             continue
 
 
+class ImagePathDataset:
+    """Base of the datasets that read one image file a sample: subclasses give ``key(i)`` (the file path)
+    and ``label(i)``; ``__getitem__`` decodes with ``decode.load_image`` and returns a ``BadSample``
+    instead of raising for a bad file."""
+
+    def _set_decode_options(self, max_pixels: Optional[int], min_size: int,
+                            draft_size: Optional[Tuple[int, int]]) -> None:
+        self.load_kwargs = {"min_size": min_size, "draft_size": draft_size}
+        if max_pixels is not None:
+            self.load_kwargs["max_pixels"] = max_pixels
+
+    def key(self, i: int) -> str:
+        raise NotImplementedError
+
+    def label(self, i: int) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> Union[Tuple[Image.Image, int], BadSample]:
+        key = self.key(i)
+        img = load_image(key, key, **self.load_kwargs)
+        if isinstance(img, BadSample):
+            return img
+        return img, self.label(i)
+
+
 @DATASETS.register("folder", "images under a folder; top-level sub-folders are classes, root files get label -1")
-class FolderDataset:
+class FolderDataset(ImagePathDataset):
     """Every image under `path`, recursively, in a sorted (machine-independent) order.
 
     Each top-level sub-folder that holds images is a class (labels are indices into the sorted class
@@ -86,9 +111,7 @@ class FolderDataset:
         index = {c: i for i, c in enumerate(self.classes)}
         self.files: List[str] = files
         self.labels = np.array([index[f.split("/", 1)[0]] if "/" in f else -1 for f in files], dtype=np.int64)
-        self.load_kwargs = {"min_size": min_size, "draft_size": draft_size}
-        if max_pixels is not None:
-            self.load_kwargs["max_pixels"] = max_pixels
+        self._set_decode_options(max_pixels, min_size, draft_size)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -97,12 +120,8 @@ class FolderDataset:
         """The image's path (what a user needs to find a bad file)."""
         return str(self.root / self.files[i])
 
-    def __getitem__(self, i: int) -> Union[Tuple[Image.Image, int], BadSample]:
-        key = self.key(i)
-        img = load_image(key, key, **self.load_kwargs)
-        if isinstance(img, BadSample):
-            return img
-        return img, int(self.labels[i])
+    def label(self, i: int) -> int:
+        return int(self.labels[i])
 
     def __repr__(self) -> str:
         return f"FolderDataset({str(self.root)!r}, {len(self)} images, {len(self.classes)} classes)"

@@ -9,7 +9,7 @@ import pytest
 from ssl_scale.data.prepare import folder_entries, write_shards
 
 from tests.distributed._spawn import run_distributed
-from tests.helpers import SHARED
+from tests.helpers import shared_photos
 
 
 def _read_my_shards(pattern: str):
@@ -29,9 +29,7 @@ def _read_my_shards(pattern: str):
 
 @pytest.mark.slow
 def test_two_processes_read_each_sample_once(tmp_path):
-    photos = SHARED / "cifar10-mini" / "test"
-    if not photos.is_dir():
-        pytest.skip(f"shared photos not found at {photos} (set SSL_SCALE_SHARED_DATA)")
+    photos = shared_photos("cifar10-mini", "test")
     entries = list(itertools.islice(folder_entries(str(photos)), 3, None, 20))  # 100 photos
     write_shards(str(photos), entries, str(tmp_path), max_samples=12)  # 8 x 12 + 4
     pattern = str(tmp_path / "shard-{000000..000008}.tar")

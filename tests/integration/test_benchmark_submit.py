@@ -3,7 +3,6 @@
 results.json/csv/md are byte-identical to the same suite run in one process by `run_suite`; a second
 submission reuses every cell; a partition that does not exist is refused before anything is submitted."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ import yaml
 
 from ssl_scale.benchmarks.suite import main, run_suite
 from ssl_scale.models.trunks import torchvision_reference
-from tests.helpers import SHARED
+from tests.helpers import shared_photos
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +22,7 @@ FILES = ("results.json", "results.csv", "results.md")
 def reference(tmp_path_factory):
     """The suite file, its two checkpoints (`random`, and a random-init torchvision resnet18 of another seed
     saved as a state dict) and the in-process results folder."""
-    cifar_mini = SHARED / "cifar10-mini"
-    if not (cifar_mini / "train").is_dir():
-        pytest.skip(f"shared photos not found at {cifar_mini} (set SSL_SCALE_SHARED_DATA)")
+    cifar_mini = shared_photos("cifar10-mini", "train").parent
     tmp = tmp_path_factory.mktemp("bench_submit")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the jobs run with OMP_NUM_THREADS=1 (set by `one_thread_env`)

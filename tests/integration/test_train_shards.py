@@ -12,16 +12,14 @@ import torch
 from ssl_scale.data.prepare import folder_entries, write_shards
 from ssl_scale.train.trainer import Trainer
 
-from tests.helpers import SHARED, tiny_config
+from tests.helpers import shared_photos, tiny_config
 
 N = 48  # photos: 3 global batches of 16
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    photos = SHARED / "cifar10-mini" / "test"
-    if not photos.is_dir():
-        pytest.skip(f"shared photos not found at {photos} (set SSL_SCALE_SHARED_DATA)")
+    photos = shared_photos("cifar10-mini", "test")
     root = tmp_path_factory.mktemp("photos")
     entries = list(itertools.islice(folder_entries(str(photos)), 0, None, 2000 // N))[:N]
     for rel, _ in entries:  # the same photos as a folder of their own

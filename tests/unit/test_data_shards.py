@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from ssl_scale.data.prepare import folder_entries, scan_shards, write_shards
 from ssl_scale.data.shards import ShardDataset, expand_braces, expand_urls, write_manifest
 from ssl_scale.data.stream import Layout, remaining_ranges
 
-from tests.helpers import SHARED
+from tests.helpers import shared_photos
 
 # Random crops and flips only (seeded per sample, like the full pipeline): colour jitter would only add time.
 TF = MultiCropTransform([CropSpec(8, 1, 0.5, 1.0)], color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
@@ -25,9 +26,7 @@ SUBSET = 10  # every 10th photo of cifar10-mini/test: 200 photos, 20 a class
 
 @pytest.fixture(scope="module")
 def photos():
-    root = SHARED / "cifar10-mini" / "test"
-    if not root.is_dir():
-        pytest.skip(f"shared photos not found at {root} (set SSL_SCALE_SHARED_DATA)")
+    root = shared_photos("cifar10-mini", "test")
     return str(root)
 
 
@@ -95,7 +94,7 @@ def test_unshuffled_shards_give_the_folder_crops_bit_for_bit(photos, tmp_path):
     sub = tmp_path / "sub"
     for rel, _ in entries:  # the same photos as a folder of its own, to compare with
         (sub / rel).parent.mkdir(parents=True, exist_ok=True)
-        (sub / rel).write_bytes((SHARED / "cifar10-mini" / "test" / rel).read_bytes())
+        (sub / rel).write_bytes((Path(photos) / rel).read_bytes())
     write_shards(photos, entries, str(tmp_path / "sh"), max_samples=16)
     ds = ShardDataset(str(tmp_path / "sh" / "shard-{000000..000003}.tar"))
     folder = FolderDataset(sub)
@@ -114,7 +113,7 @@ def _member(tar, name, data):
 
 
 def test_bad_members_and_a_cut_shard_are_skipped_counted_and_named(photos, tmp_path):
-    good = [p.read_bytes() for p in sorted((SHARED / "cifar10-mini" / "test" / "cat").iterdir())[:40]]
+    good = [p.read_bytes() for p in sorted((Path(photos) / "cat").iterdir())[:40]]
     with tarfile.open(tmp_path / "bad-0.tar", "w") as t:
         for i in range(20):
             _member(t, f"{i:04d}.jpg", good[i])
