@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ssl_scale.checkpoint import CheckpointManager, latest_checkpoint
-from ssl_scale.checkpoint.state import load_model_optim_state, model_optim_state
+from ssl_scale.checkpoint.state import drop_unsaved_optimizer_state, load_model_optim_state, model_optim_state
 from ssl_scale.config import ConfigError, to_yaml
 from ssl_scale.config.derived import Derived, derive
 from ssl_scale.data.loader import BadDataCounter, build_train_loader, steps_per_epoch
@@ -54,16 +54,6 @@ def _raise_if_diverged(nonfinite: torch.Tensor, step: int) -> None:
     if bool(nonfinite):
         raise TrainingDiverged(f"loss became non-finite before step {step}; the last good checkpoint is kept "
                                f"and no newer one was written (lower optim.base_lr, or try train.precision=fp32)")
-
-
-def _drop_unsaved_optimizer_state(optim_sd: Dict[str, Any], stored: Dict[str, Any]) -> None:
-    """Parameters that had no optimizer state when the checkpoint was written (the prototypes while
-    frozen: their grad is None, so momentum never started) keep none on load either, exactly as in
-    the uninterrupted run; every other expected entry must be there."""
-    per_param = optim_sd.get("state", {})
-    for fqn in list(per_param):
-        if not any(k.startswith(f"optim.state.{fqn}.") for k in stored):
-            del per_param[fqn]
 
 
 class Trainer:
@@ -167,7 +157,7 @@ class Trainer:
         if "progress.global_batch" not in stored:  # written before it was recorded
             state["progress"].pop("global_batch")
         self._check_model_keys(path, stored, state["model"])
-        _drop_unsaved_optimizer_state(state["optim"], stored)
+        drop_unsaved_optimizer_state(state["optim"], stored)
         CheckpointManager.load(path, state)
         load_model_optim_state(self.ddp_model, self.optimizer, state["model"], state["optim"])
         p = state["progress"]
