@@ -38,8 +38,9 @@ def write_filelist(folder: str, out_list: str, labels: bool = True, index: bool 
     os.replace(tmp, out)
     idx = None
     if index:
+        # the root as named (absolute, links kept): a linked data folder keeps its name in every key
         idx = build_filelist_index(_text_entries(out), index_dir_for(out),
-                                   meta={**_source_stamp(out), "root": str(Path(folder).resolve())})
+                                   meta={**_source_stamp(out), "root": os.path.abspath(folder)})
     return n, idx
 
 
