@@ -19,6 +19,8 @@ PARTITION=${SSL_SCALE_SLURM_PARTITION:-debug}
 
 die() { echo "local_slurm.sh: error: $*" >&2; exit 1; }
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (the daemons need it)"; }
+# every core of the machine: nproc alone answers OMP_NUM_THREADS when that is set
+ncpus() { env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc; }
 alive() { [ -f "$STATE/$1.pid" ] && kill -0 "$(cat "$STATE/$1.pid")" 2>/dev/null; }
 
 install() {
@@ -34,7 +36,7 @@ write_conf() {
     fi
     local host cpus mem
     host=$(hostname)
-    cpus=$(nproc)
+    cpus=$(ncpus)
     mem=$(( $(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo) * 8 / 10 ))
     mkdir -p /etc/slurm "$STATE/ctld" "$STATE/slurmd"
     cat > "$CONF" <<EOF
@@ -99,7 +101,7 @@ start() {
     alive slurmd || slurmd
     for _ in $(seq 100); do
         if sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
-            echo "local SLURM cluster up (partition $PARTITION, $(nproc) CPUs); state and logs in $STATE"
+            echo "local SLURM cluster up (partition $PARTITION, $(ncpus) CPUs); state and logs in $STATE"
             return
         fi
         sleep 0.2

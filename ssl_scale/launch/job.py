@@ -28,6 +28,17 @@ def finished_step(run_dir: str):
     return info.get("step") if info.get("final") else None
 
 
+def task_threads(cpus_per_task: int) -> int:
+    """The intra-op threads of one task: its own CPUs (slurm.cpus_per_task), not every core of the node,
+    as torchrun gives each of its workers OMP_NUM_THREADS=1; an OMP_NUM_THREADS the user set wins."""
+    import torch
+
+    threads = int(os.environ.get("OMP_NUM_THREADS") or cpus_per_task)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return threads
+
+
 class TrainJob:
     """Picklable callable for submitit. It carries the resolved recipe as YAML text (so the job does not
     depend on the recipe files staying unchanged) and how many times submitit requeued it.
@@ -56,6 +67,7 @@ class TrainJob:
         cluster_rendezvous()
         _setup_logging()
         cfg = config_from_yaml(self.recipe_yaml)
+        log.info("%d intra-op threads per task", task_threads(cfg.slurm.cpus_per_task))
         done = finished_step(cfg.run.dir)
         if done is not None:
             log.info("run %s already finished at step %s: nothing to do", cfg.run.dir, done)

@@ -19,10 +19,6 @@ import torch
 from ssl_scale.cli import main
 from tests.helpers import TINY
 
-# torchrun gives its workers OMP_NUM_THREADS=1; submitit tasks inherit ours: the same value makes every
-# launcher round alike, which the bitwise comparisons below need.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 pytestmark = pytest.mark.slow
 
 STEPS = 12
@@ -59,7 +55,11 @@ def wait_for(cond, timeout, what):
 
 
 def wait_job(jid, timeout=600):
-    wait_for(lambda: job_state(jid) in TERMINAL | {""}, timeout, f"job {jid} to end")
+    try:
+        wait_for(lambda: job_state(jid) in TERMINAL | {""}, timeout, f"job {jid} to end")
+    except AssertionError as e:  # say why: still pending (and the reason), or running
+        why = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%T %r"], capture_output=True, text=True).stdout
+        raise AssertionError(f"{e}; squeue says: {why.strip()}") from None
     return job_state(jid)
 
 
@@ -117,6 +117,7 @@ def test_two_task_slurm_job_equals_torchrun(reference):
     assert [r["world_size"] for r in rows] == [2] * STEPS  # both tasks joined one process group
     log = job_log(run, reference["jid"])
     assert "global_rank=0(2)" in log and "global_rank=1(2)" in log
+    assert "1 intra-op threads per task" in log  # slurm.cpus_per_task=1, as torchrun gives OMP_NUM_THREADS=1
 
 
 def test_preempted_job_requeues_itself_and_ends_with_the_same_weights(reference, tmp_path):

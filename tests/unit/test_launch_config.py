@@ -3,6 +3,7 @@ rendezvous read from a SLURM task's environment, and the sbatch script submitit 
 import os
 
 import pytest
+import torch
 
 from ssl_scale.config import ConfigError, config_from_yaml, load_config, to_yaml
 from ssl_scale.distributed.env import cluster_rendezvous, rendezvous_port
@@ -88,3 +89,19 @@ def test_rendezvous_port_is_per_job():
     assert rendezvous_port("123_4") == 20000 + 1234
     assert len({rendezvous_port(str(j)) for j in range(1000, 1100)}) == 100
     assert 20000 <= rendezvous_port("99999999") < 40000  # above the privileged ports, below the ephemeral range
+
+
+@pytest.mark.parametrize("env, cpus, expected", [(None, 3, 3), ("2", 5, 2)])
+def test_task_threads_follow_cpus_per_task_unless_the_user_set_them(monkeypatch, env, cpus, expected):
+    from ssl_scale.launch.job import task_threads
+
+    before = torch.get_num_threads()
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    try:
+        assert task_threads(cpus) == expected
+        assert torch.get_num_threads() == expected and os.environ["OMP_NUM_THREADS"] == str(expected)
+    finally:
+        torch.set_num_threads(before)
