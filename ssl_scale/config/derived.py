@@ -3,7 +3,7 @@ they are never written back into the user's config."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class Derived:
     lr: float  # peak learning rate after the scaling rule
     queue_length_total: int  # over all processes, rounded down to a multiple of the global batch
     queue_length: int  # rows each process keeps: queue_length_total / world_size (as in SwAV)
+    jpeg_draft: Optional[Tuple[int, int]] = None  # JPEG draft request (draft_size below); None = full-size decode
 
     def lines(self) -> list[str]:
         return [f"{k} = {v}" for k, v in asdict(self).items()]
@@ -44,4 +45,18 @@ def derive(cfg, world_size: int, dataset_len: int, steps_per_epoch: Optional[int
         if q == 0:
             raise ConfigError(f"'loss.queue_length': {cfg.loss.queue_length} is shorter than one global batch ({global_batch}); raise it or set 0")
     return Derived(world_size, global_batch, sum(c.count for c in cfg.data.crops), steps, total, stop,
-                   int(round(cfg.schedule.warmup_epochs * steps)), lr, q, q // world_size)
+                   int(round(cfg.schedule.warmup_epochs * steps)), lr, q, q // world_size, draft_size(cfg.data))
+
+
+def draft_size(data_cfg) -> Optional[Tuple[int, int]]:
+    """The JPEG draft request of `data` (see decode.load_image): the largest crop's size on both sides, or
+    None when data.decode.draft is off.
+
+    Pillow's draft mode then decodes at the largest 1/2, 1/4 or 1/8 reduction that keeps the image at
+    least this large on both sides, so even a crop of the whole image still has as many pixels as the
+    largest crop; photos already smaller than twice the largest crop are decoded at full size.
+    """
+    if not data_cfg.decode.draft:
+        return None
+    side = max(int(c.size) for c in data_cfg.crops)
+    return side, side

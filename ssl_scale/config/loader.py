@@ -195,6 +195,9 @@ def _check_values(cfg: DictConfig) -> None:
     if cfg.data.train.source in ("folder", "filelist", "shards"):
         need(bool(cfg.data.train.path), "data.train.path",
              f"is required when data.train.source={cfg.data.train.source}")
+    if cfg.data.train.source == "synthetic":
+        need(cfg.data.train.num_samples >= 1, "data.train.num_samples", "must be at least 1 image")
+        need(cfg.data.train.image_size >= 2, "data.train.image_size", "must be at least 2 pixels")
     need(cfg.data.train.shuffle_buffer >= 1, "data.train.shuffle_buffer", "must be at least 1 (1 = no shuffle within shards)")
 
 

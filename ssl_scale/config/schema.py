@@ -60,13 +60,20 @@ class AugmentConfig:
 
 @dataclass
 class SourceConfig:
-    source: str = "embedded"  # registered dataset: folder | filelist | shards | embedded
+    source: str = "embedded"  # registered dataset: folder | filelist | shards | synthetic | embedded
     path: Optional[str] = None  # folder; file list (.txt/.npy/.idx); shard pattern ('dir/s-{000000..000099}.tar', fsspec URLs, .txt list)
     split: str = "train"  # for source=embedded: train (4,000 digits) | test (1,000) | all
     shuffle: bool = True  # False keeps the listed order (files; shards and their samples)
     shuffle_buffer: int = 1000  # shards: samples per shuffled block, held encoded in memory per worker
     manifest: Optional[str] = None  # shards: per-shard counts (default: _shards.json beside the shards)
     root: Optional[str] = None  # filelist: folder relative paths start from (default: the list's folder)
+    num_samples: int = 10000  # synthetic: images in the set (generated per index, no disk reads)
+    image_size: int = 224  # synthetic: side of the square images, in pixels
+
+
+@dataclass
+class DecodeConfig:
+    draft: bool = True  # JPEG draft mode: decode at 1/2, 1/4 or 1/8 size when that still covers the largest crop (data.crops) on both sides; false = always full size
 
 
 @dataclass
@@ -78,6 +85,7 @@ class DataConfig:
     prefetch_factor: int = 2
     crops: List[CropGroup] = field(default_factory=lambda: [CropGroup(224, 2, [0.14, 1.0]), CropGroup(96, 6, [0.05, 0.14])])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
     max_bad_fraction: float = 0.01  # stop when more than this share of samples could not be decoded
 
 

@@ -6,9 +6,10 @@ from ssl_scale.data.sampler import ResumableShardSampler
 from ssl_scale.data.sources import DATASETS, EmbeddedMNIST, FolderDataset
 from ssl_scale.data.filelist import FileListDataset  # registers "filelist"
 from ssl_scale.data.shards import ShardDataset  # registers "shards"
+from ssl_scale.data.synthetic import SyntheticDataset  # registers "synthetic"
 
 __all__ = [
     "DATASETS", "TRANSFORMS", "DataError", "BadSample", "load_image", "FolderDataset", "EmbeddedMNIST",
     "CropSpec", "MultiCropTransform", "EvalTransform", "ResumableShardSampler", "build_train_loader",
-    "BadDataCounter", "FileListDataset", "ShardDataset",
+    "BadDataCounter", "FileListDataset", "ShardDataset", "SyntheticDataset",
 ]

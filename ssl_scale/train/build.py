@@ -1,22 +1,35 @@
 """Adapters from the config to the typed arguments of each registered builder (one place, no magic)."""
 from __future__ import annotations
 
+from ssl_scale.config.derived import draft_size
 from ssl_scale.data import DATASETS, TRANSFORMS
 from ssl_scale.data.multicrop import CropSpec
 from ssl_scale.models import build_model
 
 
-def build_dataset(src):
-    """`data.train` (or an eval section) -> a Dataset."""
+def build_dataset(src, draft=None):
+    """`data.train` (or an eval section) -> a Dataset.
+
+    Args:
+        src: the source section (data.train).
+        draft: (w, h) JPEG draft request for the image-file sources (``derived.draft_size``), or None.
+    """
     if src.source == "folder":
-        return DATASETS.get("folder")(src.path)
+        return DATASETS.get("folder")(src.path, draft_size=draft)
     if src.source == "embedded":
         return DATASETS.get("embedded")(split=src.split)
     if src.source == "filelist":
-        return DATASETS.get("filelist")(src.path, root=src.root)
+        return DATASETS.get("filelist")(src.path, root=src.root, draft_size=draft)
     if src.source == "shards":
-        return DATASETS.get("shards")(src.path, manifest=src.manifest)
+        return DATASETS.get("shards")(src.path, manifest=src.manifest, draft_size=draft)
+    if src.source == "synthetic":
+        return DATASETS.get("synthetic")(num_samples=src.num_samples, image_size=src.image_size)
     return DATASETS.get(src.source)(src.path)
+
+
+def build_train_dataset(data_cfg):
+    """`data` -> the training Dataset, JPEGs decoded in draft mode per data.decode.draft and data.crops."""
+    return build_dataset(data_cfg.train, draft=draft_size(data_cfg))
 
 
 def build_multicrop(data_cfg):

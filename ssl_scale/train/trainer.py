@@ -21,7 +21,7 @@ from ssl_scale.distributed import (DistEnv, all_reduce_sum, any_rank, full_tenso
                                    plan_parallelism, reduce_fns, shard_reductions, unwrap)
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
 from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
-from ssl_scale.train.build import build_dataset, build_multicrop, build_ssl_model
+from ssl_scale.train.build import build_multicrop, build_ssl_model, build_train_dataset
 from ssl_scale.train.flops import measured_peak_flops, peak_memory_bytes, step_flops
 from ssl_scale.train.telemetry import Telemetry
 
@@ -67,7 +67,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
 
         # 1. data
-        self.dataset = build_dataset(cfg.data.train)
+        self.dataset = build_train_dataset(cfg.data)
         self.transform = build_multicrop(cfg.data)
         # 2. derived values, logged once
         self.streaming = bool(getattr(self.dataset, "streaming", False))

@@ -1,5 +1,6 @@
 """Tar shards: URL patterns, exactly-once over ranks x workers, exact resume, re-plan on another layout,
-the same crops as the folder they were written from, and bad members skipped and counted."""
+the same crops as the folder they were written from, bad members skipped and counted, and awkward ones
+(CMYK, 16-bit, palette with transparency, RGBA, EXIF-rotated) converted and oriented."""
 from __future__ import annotations
 
 import io
@@ -10,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageOps
 
 from ssl_scale.data import BadDataCounter, DataError, FolderDataset, build_train_loader
 from ssl_scale.data.multicrop import CropSpec, MultiCropTransform
 from ssl_scale.data.prepare import folder_entries, scan_shards, write_shards
-from ssl_scale.data.shards import ShardDataset, expand_braces, expand_urls, write_manifest
+from ssl_scale.data.shards import ShardDataset, expand_braces, expand_urls, iter_tar_samples, open_url, write_manifest
 from ssl_scale.data.stream import Layout, remaining_ranges
 
 from tests.helpers import shared_photos
@@ -155,3 +157,81 @@ def test_bad_members_and_a_cut_shard_are_skipped_counted_and_named(photos, tmp_p
 def counter_examples(counter):
     """(key, reason) pairs rebuilt from a counter's per-source tallies, to feed a stricter counter."""
     return [(f"{src}:{i}", "shard_error") for src, n in counter.sources.items() for i in range(n)]
+
+
+def _awkward_images():
+    """name -> (encoded bytes, the expected RGB array from an independent reference)."""
+    rng = np.random.default_rng(1)
+    out = {}
+
+    def enc(img, fmt, **kw):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        return buf.getvalue()
+
+    def pil_rgb(data):  # Pillow's own orientation and conversion
+        return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+    cmyk = enc(Image.fromarray(rng.integers(0, 256, (20, 24, 4), dtype=np.uint8), "CMYK"), "JPEG", quality=95)
+    out["cmyk.jpg"] = (cmyk, pil_rgb(cmyk))
+    g16 = rng.integers(0, 65536, (18, 22), dtype=np.uint16)
+    out["g16.png"] = (enc(Image.fromarray(g16), "PNG"), np.repeat(np.round(g16 / 257.0).astype(np.uint8)[..., None], 3, 2))
+    pal = rng.integers(0, 4, (16, 16), dtype=np.uint8)
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=np.uint8)
+    p = Image.fromarray(pal, "P")
+    p.putpalette(colours.ravel().tolist() + [0] * (768 - 12))
+    want = colours[pal].copy()
+    want[pal == 0] = 255  # index 0 is transparent: white shows through
+    out["pal.png"] = (enc(p, "PNG", transparency=0), want)
+    rgba = rng.integers(0, 256, (14, 12, 4), dtype=np.uint8)
+    a = rgba[..., 3:].astype(np.float64) / 255.0
+    out["rgba.png"] = (enc(Image.fromarray(rgba, "RGBA"), "PNG"),
+                       np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown rotated 90 degrees clockwise
+    ramp = np.zeros((20, 40, 3), dtype=np.uint8)
+    ramp[..., 0] = np.linspace(0, 255, 40, dtype=np.uint8)[None, :]
+    rot = enc(Image.fromarray(ramp), "JPEG", quality=95, exif=exif.tobytes())
+    out["rot6.jpg"] = (rot, pil_rgb(rot))
+    assert out["rot6.jpg"][1].shape == (40, 20, 3) and out["rot6.jpg"][1][0, 0, 0] < out["rot6.jpg"][1][-1, 0, 0]
+    return out
+
+
+def test_awkward_members_are_converted_oriented_and_bad_ones_counted(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    expected = _awkward_images()
+    for name, (data, _) in expected.items():
+        (src / name).write_bytes(data)
+    jpg = expected["rot6.jpg"][0]
+    skipped = {"zero.jpg": (b"", "zero_bytes"), "cut.jpg": (jpg[: len(jpg) // 2], "truncated"),
+               "tiny.png": (_png_1x1(), "too_small"), "text.jpg": (b"not an image at all", "not_an_image")}
+    for name, (data, _) in skipped.items():
+        (src / name).write_bytes(data)
+    entries = list(folder_entries(str(src)))  # sorted names; the project's own writer packs the bytes as they are
+    write_shards(str(src), entries, str(tmp_path / "out"), max_samples=5)
+    ds = ShardDataset(str(tmp_path / "out" / "shard-{000000..000001}.tar"))
+    assert len(ds) == 9
+    got = {}
+    for s, url in enumerate(ds.urls):  # the members as the stream reads and decodes them
+        with open_url(url) as f:
+            for key, parts, reason in iter_tar_samples(f):
+                got[entries[int(key)][0]] = (key, ds.decode(s, key, parts, reason))
+    for name, (_, want) in expected.items():
+        img, label = got[name][1]
+        assert img.mode == "RGB" and label == -1, name
+        assert np.array_equal(np.asarray(img), want), name
+    for name, (_, reason) in skipped.items():
+        key, bad = got[name]
+        assert bad.reason == reason and bad.key.endswith(".tar:" + key), name  # named by shard and member
+    counter = BadDataCounter(max_bad_fraction=1.0, min_samples=1)
+    for b in build_train_loader(ds, TF, 1, 0, 1, seed=0, epoch=0, num_workers=0, shuffle_buffer=4):
+        counter.update(len(b["labels"]), b["bad"])
+    assert counter.total_seen == 9 and counter.total_bad == 4
+    assert counter.counts == {r: 1 for _, r in skipped.values()}
+
+
+def _png_1x1() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Data-layer throughput: images/s of one worker (one core) reading the same photos as an image folder,
-a file list and tar shards, decode + multi-crop; and the time and memory to open a huge file list.
+a file list and tar shards, decode + multi-crop; the time and memory to open a huge file list; and
+(--vs-torchvision) our decode + multi-crop against a plain torchvision-transforms pipeline on real photos.
 
     python tools/perf/bench_data.py [--images DIR] [--n 400] [--crops swav|small] [--list-entries 100000000]
+    python tools/perf/bench_data.py --vs-torchvision [--n 40] [--crops swav|small|draft]
 
 Each reader runs in this process with one torch thread, as a DataLoader worker does: the figure is
 per worker and per core. Shards are written by the project's own write_shards into a temp folder.
@@ -16,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -27,6 +30,7 @@ from ssl_scale.data.prepare import folder_entries, write_filelist, write_shards
 from ssl_scale.data.shards import ShardDataset
 
 CROPS = {"swav": [CropSpec(224, 2, 0.14, 1.0), CropSpec(96, 6, 0.05, 0.14)],
+         "draft": [CropSpec(160, 2, 0.14, 1.0), CropSpec(96, 6, 0.05, 0.14)],  # 2x160: 640x427 photos decode at 1/2
          "small": [CropSpec(32, 2, 0.14, 1.0), CropSpec(16, 4, 0.05, 0.14)]}
 DEFAULT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-mini" / "test"
 
@@ -93,17 +97,104 @@ def bench_filelist_open(entries: int, tmp: Path) -> None:
     print(f"{t_open:>10.4f} {rss_open:>26.1f} {t_look:>20.1f} {rss_look:>33.1f}")
 
 
+def real_photos(tmp: Path) -> List[Path]:
+    """scikit-learn's sample photographs (and scikit-image's colour ones when it is installed) as JPEG files."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    arrays = {name: load_sample_image(name) for name in ("china.jpg", "flower.jpg")}
+    try:
+        import skimage.data as skd
+
+        for name in ("astronaut", "coffee", "chelsea", "rocket"):
+            arr = getattr(skd, name)()
+            if arr.ndim == 3 and min(arr.shape[:2]) >= 300:
+                arrays[f"skimage_{name}.jpg"] = arr
+    except ImportError:
+        pass
+    paths = []
+    for name, arr in arrays.items():
+        paths.append(tmp / name)
+        Image.fromarray(arr).save(paths[-1], quality=90)
+    return paths
+
+
+def torchvision_multicrop(crops: List[CropSpec]):
+    """The plain pipeline we compare against: PIL image -> per crop torchvision.transforms (v1, on PIL):
+    RandomResizedCrop, flip, colour jitter, grayscale, Gaussian blur, ToTensor, Normalize (SwAV's recipe)."""
+    from torchvision import transforms as T
+
+    from ssl_scale.data.multicrop import IMAGENET_MEAN, IMAGENET_STD, blur_kernel_size
+
+    pipes = [(c.count, T.Compose([
+        T.RandomResizedCrop(c.size, scale=(c.scale_min, c.scale_max)), T.RandomHorizontalFlip(0.5),
+        T.RandomApply([T.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8), T.RandomGrayscale(0.2),
+        T.RandomApply([T.GaussianBlur(blur_kernel_size(c.size), sigma=(0.1, 2.0))], p=0.5),
+        T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])) for c in crops]
+    return lambda img: [p(img) for count, p in pipes for _ in range(count)]
+
+
+def bench_vs_torchvision(n: int, crops: str, rounds: int, tmp: Path) -> None:
+    from PIL import Image
+
+    from ssl_scale.data.decode import load_image
+
+    photos = real_photos(tmp)
+    specs = CROPS[crops]
+    side = max(c.size for c in specs)  # what derived.draft_size asks for with data.decode.draft=true
+    ours_tf, plain_tf = MultiCropTransform(specs, blur_p=0.5), torchvision_multicrop(specs)
+
+    def plain_decode(p):
+        with Image.open(p) as im:
+            return im.convert("RGB")
+
+    pipelines = {
+        "ours: draft decode + MultiCropTransform": (lambda p: load_image(p, str(p), draft_size=(side, side)), ours_tf),
+        "ours, full decode (data.decode.draft=false)": (lambda p: load_image(p, str(p)), ours_tf),
+        "torchvision: PIL decode + transforms per crop": (plain_decode, plain_tf),
+    }
+    sizes = {p.name: Image.open(p).size for p in photos}
+    drafted = {p.name: load_image(p, p.name, draft_size=(side, side)).size for p in photos}
+    print(f"\n{n} decodes a round x {rounds} rounds (best round), photos {sizes} decoded by draft as {drafted}; "
+          f"crops {' + '.join(f'{c.count}x{c.size}' for c in specs)}; one thread")
+    best = {k: float("inf") for k in pipelines}
+    decode_best = {k: float("inf") for k in pipelines}
+    for r in range(rounds):  # interleaved, so a burst of load on a shared machine hits every pipeline alike
+        for name, (decode, tf) in pipelines.items():
+            torch.manual_seed(r)
+            t0 = time.perf_counter()
+            for i in range(n):
+                decode(photos[i % len(photos)])
+            t1 = time.perf_counter()
+            for i in range(n):
+                tf(decode(photos[i % len(photos)]))
+            t2 = time.perf_counter()
+            decode_best[name] = min(decode_best[name], (t1 - t0) / n)
+            best[name] = min(best[name], (t2 - t1) / n)
+    base = best["torchvision: PIL decode + transforms per crop"]
+    print(f"{'pipeline':<46} {'decode (ms)':>12} {'decode + crops (ms)':>20} {'img/s':>8} {'vs torchvision':>15}")
+    for name in pipelines:
+        print(f"{name:<46} {decode_best[name] * 1e3:>12.2f} {best[name] * 1e3:>20.1f} {1 / best[name]:>8.1f} "
+              f"{base / best[name]:>14.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default=str(DEFAULT_IMAGES), help="an image folder (class sub-folders)")
     ap.add_argument("--n", type=int, default=400, help="photos to read")
     ap.add_argument("--crops", choices=sorted(CROPS), default="swav")
     ap.add_argument("--list-entries", type=int, default=10_000_000, help="size of the file list to open (0 = skip)")
+    ap.add_argument("--vs-torchvision", action="store_true",
+                    help="only: decode + multi-crop on real photos, ours against plain torchvision transforms")
+    ap.add_argument("--rounds", type=int, default=3, help="--vs-torchvision: interleaved rounds (best kept)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, one thread, pid {os.getpid()}, max RSS so far "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
+        if a.vs_torchvision:
+            bench_vs_torchvision(a.n, a.crops, a.rounds, Path(tmp))
+            return
         bench_readers(a.images, a.n, a.crops, Path(tmp))
         if a.list_entries:
             bench_filelist_open(a.list_entries, Path(tmp))
