@@ -31,13 +31,27 @@ def recipe(run_dir, *extra):
             "run.checkpoint_every=1000", "slurm.tasks_per_node=2", "slurm.timeout_min=30", *extra]
 
 
+STARTED = []  # the job ids these tests submitted: cancelled at the end of the module if still queued
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cancel_our_jobs():
+    """A failing test must not leave its job behind (on a shared cluster above all): exactly the jobs these
+    tests started, and nothing else, are cancelled when the module ends (a no-op for the ended ones)."""
+    yield
+    if STARTED:
+        subprocess.run(["scancel", *STARTED], capture_output=True, timeout=60)
+
+
 def launch(args):
     """`ssl-scale launch ARGS` (no --wait): the job id it prints."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = main(["launch", *args])
     assert code == 0, out.getvalue()
-    return re.search(r"submitted job (\S+)", out.getvalue()).group(1)
+    jid = re.search(r"submitted job (\S+)", out.getvalue()).group(1)
+    STARTED.append(jid)
+    return jid
 
 
 def job_state(jid):
