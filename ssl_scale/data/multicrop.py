@@ -1,15 +1,15 @@
-"""SwAV multi-crop augmentation and the evaluation transform (torchvision.transforms.v2), and their registry."""
+"""SwAV multi-crop augmentation (its pixel ops: crop_ops.py), the evaluation transform, and their registry."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+from PIL import Image
+from torchvision.transforms import RandomResizedCrop, v2
 
+from ssl_scale.data.crop_ops import (adjust_brightness, adjust_contrast, adjust_saturation, gaussian_blur, grayscale,
+                                     normalize, resized_crop, rotate_hue, solarize)
 from ssl_scale.registry import Registry
 
 __all__ = ["TRANSFORMS", "CropSpec", "MultiCropTransform", "EvalTransform", "blur_kernel_size"]
@@ -43,59 +43,50 @@ def blur_kernel_size(size: int) -> int:
     return k if k % 2 == 1 else k + 1
 
 
-def _gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
-    # The same kernel as torchvision's gaussian_blur, so results match v2.GaussianBlur to float rounding.
-    lim = (kernel_size - 1) / (2.0 * math.sqrt(2.0))
-    x = torch.linspace(-lim, lim, steps=kernel_size, dtype=torch.float32)
-    return torch.softmax(x.div(sigma).pow(2).neg(), dim=0)
+def _jitter_range(value: float, centre: float) -> Optional[Tuple[float, float]]:
+    """ColorJitter's range for one factor: [max(0, 1 - v), 1 + v] (hue: [-v, v]); None when v is 0 (skipped)."""
+    if value == 0:
+        return None
+    return (max(0.0, centre - value), centre + value) if centre == 1.0 else (-value, value)
 
 
-class SeparableGaussianBlur(v2.GaussianBlur):
-    """v2.GaussianBlur (same sigma draw from the torch RNG, same kernel, reflect padding) done as two 1-D passes.
-
-    torchvision convolves with the full k x k kernel; two k-tap passes give the same result (the kernel
-    is separable) at ~2k instead of k^2 multiplies a pixel: ~4x faster for SwAV's 23-tap blur on
-    224-pixel crops, where blur was the costliest step of the whole pipeline. PIL inputs fall back to v2.
-    """
-
-    def transform(self, inpt: Any, params: Dict[str, Any]) -> Any:
-        if isinstance(inpt, torch.Tensor) and not isinstance(inpt, (tv_tensors.BoundingBoxes, tv_tensors.Mask)):
-            return tv_tensors.wrap(self._blur(inpt.as_subclass(torch.Tensor), params["sigma"]), like=inpt) \
-                if isinstance(inpt, tv_tensors.TVTensor) else self._blur(inpt, params["sigma"])
-        parent = super()
-        return (parent.transform if hasattr(parent, "transform") else parent._transform)(inpt, params)
-
-    _transform = transform  # torchvision < 0.21 calls the private name
-
-    def _blur(self, img: torch.Tensor, sigma: List[float]) -> torch.Tensor:
-        kx, ky = self.kernel_size
-        shape, dtype = img.shape, img.dtype
-        x = img.reshape(-1, 1, shape[-2], shape[-1])  # channels as batch: one 1-channel conv for all
-        x = x if x.is_floating_point() else x.to(torch.float32)
-        x = F.pad(x, [kx // 2, kx // 2, ky // 2, ky // 2], mode="reflect")
-        x = F.conv2d(x, _gaussian_kernel1d(kx, sigma[0]).to(x.dtype).view(1, 1, 1, kx))
-        x = F.conv2d(x, _gaussian_kernel1d(ky, sigma[1]).to(x.dtype).view(1, 1, ky, 1))
-        x = x.reshape(shape)
-        return x if dtype.is_floating_point else x.round_().to(dtype)
+def _as_pil(img) -> Image.Image:
+    """A PIL image, or a (C, H, W) / (H, W) uint8 or [0, 1] float tensor (C = 1 or 3) -> an RGB PIL image."""
+    if isinstance(img, Image.Image):
+        return img if img.mode == "RGB" else img.convert("RGB")
+    x = torch.as_tensor(img).as_subclass(torch.Tensor)
+    if x.is_floating_point():
+        x = (x.clamp(0, 1) * 255).round_()
+    x = x.to(torch.uint8)
+    x = x.unsqueeze(0) if x.ndim == 2 else x
+    if x.ndim != 3 or x.shape[0] not in (1, 3):
+        raise ValueError(f"MultiCropTransform takes a PIL image or a (C, H, W) tensor with C = 1 or 3, got shape "
+                         f"{tuple(x.shape)}")
+    return Image.fromarray(x.expand(3, -1, -1).permute(1, 2, 0).contiguous().numpy())
 
 
 @TRANSFORMS.register("multicrop", "SwAV multi-crop: groups of random resized crops with colour/blur/solarize")
 class MultiCropTransform:
     """Image -> list of normalised float32 crops, ordered group by group (all of group 0 first).
 
-    The image becomes a uint8 tensor once (``v2.ToImage``); every crop is then cut from that tensor, so
-    the per-crop work (flip, jitter, blur) runs on small crop-sized tensors. Measured with one thread per
-    process (SwAV 2x224 + 6x96 crops of a 500x375 photo): 24 ms/image on this tensor path with the
-    separable blur, 48 ms with v2.GaussianBlur, 49 ms for the same v2 pipeline on PIL images; for 32x32
-    images PIL is ~1 ms/image faster (3.6 vs 4.7 ms: per-op overhead dominates), which matters less than
-    the 2x on real photos, so the tensor path is kept.
-    Solarize runs on uint8 before the float conversion, so its threshold is 128 in pixel units. Randomness comes from the global torch RNG only (v2 draws with torch), so
-    ``torch.manual_seed(s)`` before a call fixes the crops exactly.
+    SwAV's recipe per crop: RandomResizedCrop(size, scale, ratio 3/4..4/3), horizontal flip, with
+    probability ``color_jitter_p`` ColorJitter(brightness, contrast, saturation, hue) in a random order,
+    grayscale, Gaussian blur (sigma in [0.1, 2], kernel ~10% of the side), optional solarize, normalise.
+    Each step is done the fastest way measured with one thread (tools/perf/bench_data.py --vs-torchvision):
+    the crop and resize by Pillow straight from the decoded image (``box=``, bilinear, antialiased), one
+    conversion to float, brightness/contrast/saturation as torchvision's float formulas, the hue jitter as
+    one 3x3 YIQ rotation (NVIDIA DALI's formula; not torchvision's HSV round trip, see
+    crop_ops.rotate_hue), blur as two separable passes, normalise. Pixels stay float32 from the resize on
+    (no uint8 rounding between steps), so solarize's threshold is 128/255.
+
+    Randomness comes from the global torch RNG only (the crop box through torchvision's own
+    RandomResizedCrop.get_params, then one fixed-size draw a crop), so ``torch.manual_seed(s)`` before a
+    call fixes the crops exactly (loader.seeded_crops relies on this).
 
     Args:
         crops: the crop groups, e.g. ``[CropSpec(224, 2, 0.14, 1), CropSpec(96, 6, 0.05, 0.14)]``.
         flip_p: horizontal flip probability.
-        color_jitter_p: probability of applying ColorJitter(*jitter).
+        color_jitter_p: probability of applying the colour jitter.
         jitter: (brightness, contrast, saturation, hue), each multiplied by ``jitter_strength``
             (SimCLR's colour-distortion strength; SwAV: 1.0 with (0.8, 0.8, 0.8, 0.2)).
         grayscale_p: random grayscale probability.
@@ -103,6 +94,9 @@ class MultiCropTransform:
         solarize_p: solarize probability (0 disables it).
         mean, std: normalisation.
     """
+
+    RATIO = (3.0 / 4.0, 4.0 / 3.0)
+    SIGMA = (0.1, 2.0)
 
     def __init__(self, crops: Sequence[CropSpec], flip_p: float = 0.5, color_jitter_p: float = 0.8,
                  jitter: Tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2), grayscale_p: float = 0.2,
@@ -121,45 +115,60 @@ class MultiCropTransform:
         if len(jitter) != 4:
             raise ValueError(f"jitter must be (brightness, contrast, saturation, hue), got {tuple(jitter)}")
         jitter = tuple(float(j) * float(jitter_strength) for j in jitter)
+        if min(jitter) < 0:
+            raise ValueError(f"jitter values must be >= 0, got {jitter}")
         if jitter[3] > 0.5:
             raise ValueError(f"jitter hue x jitter_strength must be <= 0.5, got {jitter[3]}")
         self.crops = crops
-        self.to_image = v2.ToImage()
-        self.pipelines: List[Tuple[int, v2.Compose]] = []
-        for spec, bp in zip(crops, blur_ps):
-            steps = [
-                v2.RandomResizedCrop(spec.size, scale=(spec.scale_min, spec.scale_max), antialias=True),
-                v2.RandomHorizontalFlip(flip_p),
-            ]
-            if color_jitter_p > 0:
-                steps.append(v2.RandomApply([v2.ColorJitter(*jitter)], p=color_jitter_p))
-            if grayscale_p > 0:
-                steps.append(v2.RandomGrayscale(grayscale_p))
-            if bp > 0:
-                k = blur_kernel_size(spec.size)
-                steps.append(v2.RandomApply([SeparableGaussianBlur(k, sigma=(0.1, 2.0))], p=bp))
-            if solarize_p > 0:
-                steps.append(v2.RandomSolarize(threshold=128, p=solarize_p))  # uint8 pixels here
-            steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-            self.pipelines.append((spec.count, v2.Compose(steps)))
+        self.blur_ps = blur_ps
+        self.flip_p, self.color_jitter_p = float(flip_p), float(color_jitter_p)
+        self.grayscale_p, self.solarize_p = float(grayscale_p), float(solarize_p)
+        # (brightness, contrast, saturation, hue) ranges as torchvision's ColorJitter holds them
+        self.jitter_ranges = tuple(_jitter_range(v, 1.0 if i < 3 else 0.0) for i, v in enumerate(jitter))
+        self.mean = torch.tensor([float(m) for m in mean]).view(3, 1, 1)
+        self.std = torch.tensor([float(s) for s in std]).view(3, 1, 1)
 
     @property
     def num_crops(self) -> int:
         return sum(c.count for c in self.crops)
 
     def __call__(self, img) -> List[torch.Tensor]:
-        x = self.to_image(img)
-        if x.dtype != torch.uint8:  # a float tensor input: bring to uint8 so solarize/jitter see pixel units
-            x = v2.functional.to_dtype(x, torch.uint8, scale=True)
-        out: List[torch.Tensor] = []
-        for count, pipe in self.pipelines:
-            for _ in range(count):
-                out.append(pipe(x).as_subclass(torch.Tensor))
-        return out
+        pil = _as_pil(img)
+        return [self.crop(pil, spec, bp) for spec, bp in zip(self.crops, self.blur_ps) for _ in range(spec.count)]
+
+    def crop_box(self, pil: Image.Image, spec: CropSpec) -> Tuple[int, int, int, int]:
+        """(top, left, height, width) of a random crop: torchvision's RandomResizedCrop draw (area uniform in
+        the group's scale range, log-uniform aspect ratio in 3/4..4/3, 10 tries, then a centre crop)."""
+        return tuple(RandomResizedCrop.get_params(pil, [spec.scale_min, spec.scale_max], list(self.RATIO)))
+
+    def crop(self, pil: Image.Image, spec: CropSpec, blur_p: float) -> torch.Tensor:
+        """One augmented, normalised crop of ``spec.size``; draws its random numbers from the torch RNG."""
+        top, left, h, w = self.crop_box(pil, spec)
+        # one draw a crop: flip, jitter?, 4 jitter factors, grayscale?, blur?, sigma, solarize?
+        u = torch.rand(10, dtype=torch.float64).tolist()
+        order = torch.randperm(4).tolist()
+        x = resized_crop(pil, top, left, h, w, spec.size, flip=u[0] < self.flip_p)
+        if u[1] < self.color_jitter_p:
+            for i in order:
+                rng = self.jitter_ranges[i]
+                if rng is not None:
+                    x = _JITTER_OPS[i](x, rng[0] + (rng[1] - rng[0]) * u[2 + i])
+        if u[6] < self.grayscale_p:
+            x = grayscale(x)
+        if u[7] < blur_p:
+            k = blur_kernel_size(spec.size)
+            sigma = self.SIGMA[0] + (self.SIGMA[1] - self.SIGMA[0]) * u[8]
+            x = gaussian_blur(x, (k, k), (sigma, sigma))
+        if u[9] < self.solarize_p:
+            x = solarize(x, 128 / 255)
+        return normalize(x, self.mean, self.std)
 
     def __repr__(self) -> str:
         groups = ", ".join(f"{c.count}x{c.size}px[{c.scale_min},{c.scale_max}]" for c in self.crops)
         return f"MultiCropTransform({groups})"
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, rotate_hue)
 
 
 @TRANSFORMS.register("eval", "resize + centre crop + normalise, for feature extraction and benchmarks")
