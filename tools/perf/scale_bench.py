@@ -92,7 +92,50 @@ def bench_state(args):
               f"{total / MB:.1f} | {total / (single / world):.3f} | {max(x['rss'] for x in rows) / MB:.0f} |", flush=True)
 
 
-def _ac_worker(trunk, ac, batch, px, steps):
+def _saved_activation_bytes(model, x) -> int:
+    """Bytes the autograd graph holds for backward after one forward: every tensor saved by an op,
+    counted once per storage, parameters and the input excluded (under activation checkpointing a
+    block saves only its input; the recomputed tensors never reach this hook)."""
+    skip = {p.untyped_storage().data_ptr() for p in model.parameters()} | {x.untyped_storage().data_ptr()}
+    held = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip and t.device.type != "meta":
+            held[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x).sum()
+    out.backward()
+    return sum(held.values())
+
+
+def _peak_allocated_bytes(model, x) -> int:
+    """Peak over one forward + backward of the bytes torch allocated on the CPU, above what was
+    allocated when it began (parameters and gradients): from the profiler's memory timeline, the CPU
+    counterpart of CUDA's max_memory_allocated. 0 when this torch cannot export it."""
+    import json
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        model(x).sum().backward()
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            prof.export_memory_timeline(os.path.join(d, "m.json"), device="cpu")
+        except Exception:  # noqa: BLE001 - the exporter is deprecated upstream; the other measures stand
+            return 0
+        with open(os.path.join(d, "m.json")) as f:
+            _, sizes = json.load(f)
+    totals = [sum(row) for row in sizes]
+    return max(totals) - totals[0] if totals else 0
+
+
+def _ac_worker(trunk, ac, batch, px):
+    """Memory of one configuration, alone in its process (so that its peak RSS is its own)."""
     from ssl_scale.distributed.parallelize import apply_ac
     from ssl_scale.models.trunks import build_trunk
     from ssl_scale.train.flops import peak_memory_bytes
@@ -104,26 +147,61 @@ def _ac_worker(trunk, ac, batch, px, steps):
     x = torch.randn(batch, 3, px, px)
     model(x[:2]).sum().backward()  # warm-up: gradients allocated, kernels chosen
     base = peak_memory_bytes(torch.device("cpu"))
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        model(x).sum().backward()
-        times.append(time.perf_counter() - t0)
-    return {"act": peak_memory_bytes(torch.device("cpu")) - base, "time": sorted(times)[len(times) // 2]}
+    model(x).sum().backward()
+    rss = peak_memory_bytes(torch.device("cpu")) - base
+    return {"saved": _saved_activation_bytes(model, x), "peak": _peak_allocated_bytes(model, x), "rss": rss}
+
+
+def _ac_timing_worker(trunk, batch, px, steps):
+    """Step times of both configurations in one process, alternating step by step (the order swapped
+    every round), so that a change of load on a shared machine slows both alike."""
+    from ssl_scale.distributed.parallelize import apply_ac
+    from ssl_scale.models.trunks import build_trunk
+
+    models = {}
+    for ac in (False, True):
+        torch.manual_seed(0)
+        models[ac] = build_trunk(trunk)
+        if ac:
+            apply_ac(models[ac])
+    x = torch.randn(batch, 3, px, px)
+    times = {ac: {"forward": [], "backward": []} for ac in models}
+    for r in range(steps + 1):
+        for ac in ((False, True) if r % 2 == 0 else (True, False)):
+            t0 = time.perf_counter()
+            out = models[ac](x).sum()
+            t1 = time.perf_counter()
+            out.backward()
+            t2 = time.perf_counter()
+            if r:  # the first round warms up
+                times[ac]["forward"].append(t1 - t0)
+                times[ac]["backward"].append(t2 - t1)
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    return {ac: {k: med(v) for k, v in t.items()} | {"step": med([a + b for a, b in zip(t["forward"], t["backward"])])}
+            for ac, t in times.items()}
 
 
 def bench_ac(args):
+    threads = os.environ.get("BENCH_THREADS", "1")
     print(f"\nActivation checkpointing on {args.ac_trunk}, batch {args.ac_batch} x {args.ac_px} px, forward + backward, "
-          f"1 process, {os.environ.get('BENCH_THREADS', '1')} thread(s); activation memory = peak RSS growth over "
-          f"the step\n")
-    print("| activation checkpointing | activation MiB | step s (median) |")
-    print("|---|---|---|")
-    res = {}
+          f"1 process, {threads} thread(s); step times: median of {args.steps} alternating steps in one process\n")
+    print("saved: tensors autograd holds for backward after the forward (parameters and input excluded); "
+          "peak allocated: the profiler's CPU memory timeline, peak over forward + backward above parameters "
+          "and gradients; peak RSS: growth of the process's resident set over a step (allocator slack included)\n")
+    print("| activation checkpointing | saved activations MiB | peak allocated MiB | peak RSS growth MiB | "
+          "forward s | backward s | step s |")
+    print("|---|---|---|---|---|---|---|")
+    mem = {ac: spawn(_ac_worker, 1, args.ac_trunk, ac, args.ac_batch, args.ac_px)[0] for ac in (False, True)}
+    tim = spawn(_ac_timing_worker, 1, args.ac_trunk, args.ac_batch, args.ac_px, args.steps)[0]
     for ac in (False, True):
-        res[ac] = spawn(_ac_worker, 1, args.ac_trunk, ac, args.ac_batch, args.ac_px, args.steps)[0]
-        print(f"| {'every block' if ac else 'none'} | {res[ac]['act'] / MB:.0f} | {res[ac]['time']:.2f} |", flush=True)
-    print(f"\nmemory ratio {res[False]['act'] / max(res[True]['act'], 1):.2f}x less, "
-          f"time ratio {res[True]['time'] / res[False]['time']:.2f}x")
+        m, t = mem[ac], tim[ac]
+        print(f"| {'every block' if ac else 'none'} | {m['saved'] / MB:.0f} | {m['peak'] / MB:.0f} | {m['rss'] / MB:.0f} | "
+              f"{t['forward']:.3f} | {t['backward']:.3f} | {t['step']:.3f} |", flush=True)
+    ratio = lambda k: mem[False][k] / max(mem[True][k], 1)  # noqa: E731
+    print(f"\nless memory with checkpointing: saved activations {ratio('saved'):.2f}x, peak allocated "
+          f"{ratio('peak'):.2f}x, peak RSS {ratio('rss'):.2f}x (target >= 2.5x); step time "
+          f"{tim[True]['step'] / tim[False]['step']:.2f}x (target <= 1.4x; the recomputation costs one more forward, "
+          f"{tim[False]['forward'] / tim[False]['step']:.0%} of a step without checkpointing here)")
 
 
 def _proto_worker(k, dim, batch, crops, sharded):
@@ -210,7 +288,7 @@ def main():
     ap.add_argument("--ac-trunk", default="regnet_y_800mf")
     ap.add_argument("--ac-batch", type=int, default=32)
     ap.add_argument("--ac-px", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--num-prototypes", type=int, default=1_000_000)
     ap.add_argument("--proto-batch", type=int, default=16)
     ap.add_argument("--seer-px", type=int, default=32)
