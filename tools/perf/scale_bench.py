@@ -273,6 +273,10 @@ def bench_seer(args):
     print(f"\nSEER RegNetY-256GF + SwAV head (MLP 10444-10444-10444-256, 16,000 prototypes), FSDP over 4 CPU "
           f"processes, meta init, bf16 parameters, activation checkpointing, prototypes split; crops 2x{args.seer_px} "
           f"+ 2x{args.seer_px // 2}, 2 images per rank\n")
+    # glibc keeps freed large blocks for reuse once its mmap threshold has grown; with ~18 GB of state in
+    # 24 GB that slack matters: blocks of 4 MiB and more go straight back to the system (read at start-up
+    # by the spawned processes).
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * MB))
     rows = spawn(_seer_worker, 4, args.seer_px, 1)
     print("| rank | parameters held | of the model | peak RSS MiB | step s | loss |")
     print("|---|---|---|---|---|---|")
