@@ -252,7 +252,7 @@ def bench_prototypes(args):
               flush=True)
 
 
-def _seer_worker(px, steps):
+def _seer_worker(px, steps, extra=()):
     from ssl_scale.distributed import local_numel
     from ssl_scale.train.flops import peak_memory_bytes
 
@@ -262,27 +262,41 @@ def _seer_worker(px, steps):
         "loss.sinkhorn_iterations=10", "data.batch_size=2", f"train.max_steps={steps}", "train.precision=bf16",
         f"data.crops=[{{size: {px}, count: 2, scale: [0.14, 1.0]}}, {{size: {px // 2}, count: 2, scale: [0.05, 0.14]}}]",
         "parallel.mode=fsdp", "parallel.meta_init=true", "parallel.activation_checkpointing=block",
-        "parallel.shard_prototypes=true", "loss.freeze_prototypes_iters=0", "run.log_every=1"])
+        "parallel.shard_prototypes=true", "loss.freeze_prototypes_iters=0", "run.log_every=1", *extra])
+    # One training step (Trainer.train_step: forward, Sinkhorn + loss, backward, LARS update) on crops of
+    # the recipe's sizes; fit() would also write the final checkpoint, which is not part of a step.
+    g = torch.Generator().manual_seed(dist.get_rank())
+    crops = [torch.randn(2, 3, c.size, c.size, generator=g) for c in t.cfg.data.crops for _ in range(c.count)]
+    before = _rss_now()
     t0 = time.perf_counter()
-    out = t.fit()
-    return {"loss": out["loss"], "time": (time.perf_counter() - t0) / steps, "numel": local_numel(t.model)["params"],
-            "total": sum(p.numel() for p in t.model.parameters()), "rss": peak_memory_bytes(torch.device("cpu"))}
+    out = t.train_step(crops)
+    elapsed = time.perf_counter() - t0
+    return {"loss": float(out["loss"]), "time": elapsed, "split": {k: out[k] for k in ("t_forward", "t_loss", "t_backward", "t_optim")},
+            "numel": local_numel(t.model)["params"], "total": sum(p.numel() for p in t.model.parameters()),
+            "before": before, "after": _rss_now(), "rss": peak_memory_bytes(torch.device("cpu"))}
+
+
+def _rss_now() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
 
 
 def bench_seer(args):
     print(f"\nSEER RegNetY-256GF + SwAV head (MLP 10444-10444-10444-256, 16,000 prototypes), FSDP over 4 CPU "
           f"processes, meta init, bf16 parameters, activation checkpointing, prototypes split; crops 2x{args.seer_px} "
-          f"+ 2x{args.seer_px // 2}, 2 images per rank\n")
+          f"+ 2x{args.seer_px // 2}, 2 images per rank{', ' + ' '.join(args.seer_overrides) if args.seer_overrides else ''}\n")
     # glibc keeps freed large blocks for reuse once its mmap threshold has grown; with ~18 GB of state in
     # 24 GB that slack matters: blocks of 4 MiB and more go straight back to the system (read at start-up
     # by the spawned processes).
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * MB))
-    rows = spawn(_seer_worker, 4, args.seer_px, 1)
-    print("| rank | parameters held | of the model | peak RSS MiB | step s | loss |")
-    print("|---|---|---|---|---|---|")
+    rows = spawn(_seer_worker, 4, args.seer_px, 1, list(args.seer_overrides))
+    print("| rank | parameters held | of the model | RSS before the step MiB | after MiB | peak RSS MiB | step s "
+          "(forward / loss / backward / optimizer) | loss |")
+    print("|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows):
-        print(f"| {i} | {r['numel'] / 1e6:.1f} M | {r['total'] / 1e9:.3f} B | {r['rss'] / MB:.0f} | {r['time']:.0f} | "
-              f"{r['loss']:.4f} |", flush=True)
+        split = " / ".join(f"{r['split'][k]:.1f}" for k in ("t_forward", "t_loss", "t_backward", "t_optim"))
+        print(f"| {i} | {r['numel'] / 1e6:.1f} M | {r['total'] / 1e9:.3f} B | {r['before'] / MB:.0f} | {r['after'] / MB:.0f} | "
+              f"{r['rss'] / MB:.0f} | {r['time']:.1f} ({split}) | {r['loss']:.4f} |", flush=True)
 
 
 def main():
@@ -296,6 +310,8 @@ def main():
     ap.add_argument("--num-prototypes", type=int, default=1_000_000)
     ap.add_argument("--proto-batch", type=int, default=16)
     ap.add_argument("--seer-px", type=int, default=32)
+    ap.add_argument("--seer-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="recipe overrides for the SEER step, e.g. optim.momentum=0 (no momentum buffers)")
     args = ap.parse_args()
     todo = ["state", "ac", "prototypes", "seer"] if args.what == "all" else [args.what]
     for what in todo:
