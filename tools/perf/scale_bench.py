@@ -111,8 +111,8 @@ def _saved_activation_bytes(model, x) -> int:
     return sum(held.values())
 
 
-def _peak_allocated_bytes(model, x) -> int:
-    """Peak over one forward + backward of the bytes torch allocated on the CPU, above what was
+def _peak_allocated_bytes(step) -> int:
+    """Peak over `step()` (a forward + backward) of the bytes torch allocated on the CPU, above what was
     allocated when it began (parameters and gradients): from the profiler's memory timeline, the CPU
     counterpart of CUDA's max_memory_allocated. 0 when this torch cannot export it."""
     import json
@@ -121,7 +121,7 @@ def _peak_allocated_bytes(model, x) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        model(x).sum().backward()
+        step()
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -149,7 +149,8 @@ def _ac_worker(trunk, ac, batch, px):
     base = peak_memory_bytes(torch.device("cpu"))
     model(x).sum().backward()
     rss = peak_memory_bytes(torch.device("cpu")) - base
-    return {"saved": _saved_activation_bytes(model, x), "peak": _peak_allocated_bytes(model, x), "rss": rss}
+    return {"saved": _saved_activation_bytes(model, x), "peak": _peak_allocated_bytes(lambda: model(x).sum().backward()),
+            "rss": rss}
 
 
 def _ac_timing_worker(trunk, batch, px, steps):
@@ -231,24 +232,34 @@ def _proto_worker(k, dim, batch, crops, sharded):
     else:
         layer = nn.Linear(dim, k, bias=False)
         loss_fn = SwAVLoss(num_crops=crops, reduce_sum=s, reduce_max=m)
+    def step():
+        loss_fn(z, [layer(z)], [layer.weight]).backward()
+
     t0 = time.perf_counter()
-    loss = loss_fn(z, [layer(z)], [layer.weight])
-    loss.backward()
-    return {"time": time.perf_counter() - t0, "rss": peak_memory_bytes(torch.device("cpu")) - base}
+    step()
+    elapsed = time.perf_counter() - t0
+    rss = peak_memory_bytes(torch.device("cpu")) - base
+    w = layer.weight.to_local() if hasattr(layer.weight, "to_local") else layer.weight
+    return {"time": elapsed, "rss": rss, "held": 2 * w.numel() * w.element_size(),  # rows and their gradient
+            "peak": _peak_allocated_bytes(step)}
 
 
 def bench_prototypes(args):
     k, dim, batch, crops = args.num_prototypes, 128, args.proto_batch, 4
     print(f"\nSwAV loss step (scores, Sinkhorn, swapped prediction, backward) with {k:,} prototypes of dim {dim}, "
           f"{batch} images x {crops} crops per rank\n")
-    print("| prototypes | ranks | prototype rows per rank | scores per rank | memory growth MiB (max rank) | step s |")
-    print("|---|---|---|---|---|---|")
+    print("held: the rank's prototype rows and their gradient; peak allocated: the profiler's CPU memory timeline over "
+          "the step (a second step, gradients already allocated); RSS growth: over the first step, runtime included\n")
+    print("| prototypes | ranks | prototype rows per rank | scores per rank | held MiB | peak allocated MiB (max rank) | "
+          "RSS growth MiB (max rank) | step s |")
+    print("|---|---|---|---|---|---|---|---|")
     for sharded, world in [(False, 1), (True, 4)]:  # 4 unsharded ranks hold 4 copies: the 1-rank figure each
         rows = spawn(_proto_worker, world, k, dim, batch, crops, sharded)
         rows_held = k // world if sharded else k
         scored = batch * crops * (world if sharded else 1)
         print(f"| {'split by rows' if sharded else 'whole on every rank'} | {world} | {rows_held:,} | "
-              f"{scored} x {rows_held:,} | {max(r['rss'] for r in rows) / MB:.0f} | {max(r['time'] for r in rows):.1f} |",
+              f"{scored} x {rows_held:,} | {max(r['held'] for r in rows) / MB:.0f} | {max(r['peak'] for r in rows) / MB:.0f} | "
+              f"{max(r['rss'] for r in rows) / MB:.0f} | {max(r['time'] for r in rows):.1f} |",
               flush=True)
 
 
