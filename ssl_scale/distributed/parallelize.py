@@ -117,8 +117,8 @@ def apply_ac(trunk: nn.Module, every: int = 1) -> int:
 
 
 def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
-    """FSDP2 in place: one unit per block (or stage) of the trunk, the rest (stem, head) in the root
-    unit; norm layers and prototypes in fp32 units of their own under bf16."""
+    """FSDP2 in place: one unit per block (or stage) of the trunk, one per linear layer of the head's
+    projection, the rest (stem, head norms) in the root unit; norm layers and prototypes in fp32 units of their own under bf16."""
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     mp = bf16 if plan.fsdp_bf16 else MixedPrecisionPolicy()
@@ -138,6 +138,9 @@ def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
     units = trunk_blocks(model.trunk) if plan.fsdp_unit == "block" else trunk_stages(model.trunk)
     for unit in units:
         shard(unit, mp_policy=mp)  # a block's checkpoint wrapper when it has one
+    for layer in head.modules():  # each projection layer its own unit: SEER's MLP is 10444 wide (2 x 109 M weights)
+        if isinstance(layer, nn.Linear) and not any(layer is p for p in head.prototypes):
+            shard(layer, mp_policy=mp)
     shard(model, mp_policy=mp)
     if sharded_protos is not None:
         head.prototypes = sharded_protos

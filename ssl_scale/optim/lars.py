@@ -1,10 +1,24 @@
 """LARS: SGD with momentum whose update is scaled per parameter by a trust ratio (SwAV's optimizer)."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from torch.optim import Optimizer
+
+
+def _chunks(params: List[torch.Tensor], max_numel: int) -> Iterator[List[torch.Tensor]]:
+    """Consecutive runs of parameters of at most max_numel elements together (a larger one alone)."""
+    chunk: List[torch.Tensor] = []
+    size = 0
+    for p in params:
+        if chunk and size + p.numel() > max_numel:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(p)
+        size += p.numel()
+    if chunk:
+        yield chunk
 
 
 class LARS(Optimizer):
@@ -24,7 +38,13 @@ class LARS(Optimizer):
         weight_decay: L2 weight decay folded into the update before the trust ratio.
         trust_coefficient: eta of the trust ratio.
         lars_exclude: default for groups that do not say.
+
+    The update runs as foreach kernels over runs of parameters of at most ``chunk_numel`` elements, so
+    its temporaries stay bounded (a billion-parameter shard would otherwise need a second copy of
+    its gradients at once); the result does not depend on the chunking.
     """
+
+    chunk_numel = 2 ** 26  # 64 M elements: 256 MB of fp32 temporaries at most
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 0.001, lars_exclude: bool = False):
@@ -47,27 +67,31 @@ class LARS(Optimizer):
                 continue
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("LARS does not support sparse gradients")
-            grads = [p.grad for p in params]
-            if group["lars_exclude"]:
-                updates = grads  # read only below
-            else:
-                wd = group["weight_decay"]
-                updates = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
-                p_norm = torch.stack(torch._foreach_norm(params))
-                u_norm = torch.stack(torch._foreach_norm(updates))
-                trust = torch.where((p_norm > 0) & (u_norm > 0),
-                                    group["trust_coefficient"] * p_norm / u_norm, torch.ones_like(p_norm))
-                torch._foreach_mul_(updates, list(trust.unbind()))
-            momentum = group["momentum"]
-            if momentum:
-                bufs = []
-                for p in params:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:  # zeros * momentum + u = u: buf starts at u
-                        state["momentum_buffer"] = torch.zeros_like(p)
-                    bufs.append(state["momentum_buffer"])
-                torch._foreach_mul_(bufs, momentum)
-                torch._foreach_add_(bufs, updates)
-                updates = bufs
-            torch._foreach_add_(params, updates, alpha=-group["lr"])
+            for chunk in _chunks(params, self.chunk_numel):
+                self._update(group, chunk)
         return loss
+
+    def _update(self, group, params: List[torch.Tensor]) -> None:
+        grads = [p.grad for p in params]
+        if group["lars_exclude"]:
+            updates = grads  # read only below
+        else:
+            wd = group["weight_decay"]
+            updates = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
+            p_norm = torch.stack(torch._foreach_norm(params))
+            u_norm = torch.stack(torch._foreach_norm(updates))
+            trust = torch.where((p_norm > 0) & (u_norm > 0),
+                                group["trust_coefficient"] * p_norm / u_norm, torch.ones_like(p_norm))
+            torch._foreach_mul_(updates, list(trust.unbind()))
+        momentum = group["momentum"]
+        if momentum:
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:  # zeros * momentum + u = u: buf starts at u
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, updates)
+            updates = bufs
+        torch._foreach_add_(params, updates, alpha=-group["lr"])

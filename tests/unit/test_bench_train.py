@@ -36,6 +36,19 @@ def test_engine_side_alone(bench, tmp_path):
     assert "| ssl_scale |" in table and "lightly" not in table
 
 
+@pytest.mark.parametrize("speed", ["none", "bf16", "bf16_cl", "all"])
+def test_speed_presets_are_recipe_settings(bench, speed, tmp_path):
+    """--speed sets the engine's own recipe keys; the bf16 + channels_last step runs (compile has its own test)."""
+    cfg = bench.bench_config("default", 4, bench.SPEED[speed] + TINY, run_dir=str(tmp_path))
+    assert cfg.train.precision == ("fp32" if speed == "none" else "bf16")
+    assert cfg.train.channels_last == (speed in ("bf16_cl", "all")) and cfg.train.compile == (speed == "all")
+    if speed == "bf16_cl":
+        ssl = bench.SslScaleSide(cfg, [])
+        ssl.batches = bench.make_batches(cfg, 1, ssl.device)
+        parts = ssl.step()
+        assert math.isfinite(float(ssl.losses[0])) and parts["forward"] > 0
+
+
 @pytest.mark.parametrize("recipe", ["default", "cifar"])
 def test_both_engines_step_on_the_same_crops(bench, recipe, tmp_path):
     pytest.importorskip("lightly", reason=NEEDS_LIGHTLY)

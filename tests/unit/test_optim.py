@@ -37,8 +37,9 @@ def _setup(seed=0):
     return [w, z, b], grads
 
 
+@pytest.mark.parametrize("chunk_numel", [LARS.chunk_numel, 4])  # 4: every parameter in a foreach run of its own
 @pytest.mark.parametrize("steps", [1, 2])
-def test_lars_matches_formula(steps):
+def test_lars_matches_formula(steps, chunk_numel):
     (w, z, b), grads = _setup()
     lr, m, wd, eta = 0.5, 0.9, 1e-2, 0.01
     init = [w.detach().clone(), z.detach().clone(), b.detach().clone()]
@@ -47,6 +48,7 @@ def test_lars_matches_formula(steps):
          {"params": [b], "weight_decay": 0.3, "lars_exclude": True}],  # excluded: its decay is ignored
         lr=lr, momentum=m, weight_decay=123.0, trust_coefficient=eta)  # the groups' own decay wins
     assert isinstance(opt, LARS)
+    opt.chunk_numel = chunk_numel
     for k in range(steps):
         for p, g in zip((w, z, b), grads[k]):
             p.grad = g.clone()

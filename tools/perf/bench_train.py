@@ -2,14 +2,19 @@
 """SwAV training throughput of ssl_scale against a peer assembled from `lightly`, in one process and one run.
 
     python tools/perf/bench_train.py [--recipe default|cifar] [--batch 64] [--rounds 5] [--steps 4]
+    python tools/perf/bench_train.py --speed none     # both sides in fp32, contiguous, eager
+    python tools/perf/bench_train.py --peer-same-settings   # the peer also in bf16 / channels_last
     python tools/perf/bench_train.py --sinkhorn        # Sinkhorn + loss share: 3,000 prototypes, batch 256
 
-Both sides get the same torchvision ResNet-18 trunk, crops, batch, head sizes, optimizer (torch SGD
-with the recipe's momentum, weight decay and learning rate), precision and memory format, and are fed
-the same pre-generated crops held in memory, so the data pipeline does not mask model speed. The
-ssl_scale side is the engine's own Trainer (recipe, builders, `train_step`); the peer is lightly's
-SwaVProjectionHead, SwaVPrototypes and SwaVLoss driven as lightly's SwAV example drives them (one
-forward per view, prototypes normalised before each step). They alternate for several rounds (the
+Both sides get the same torchvision ResNet-18 trunk, crops, batch, head sizes and optimizer (torch SGD
+with the recipe's momentum, weight decay and learning rate), and are fed the same pre-generated crops
+held in memory, so the data pipeline does not mask model speed. The ssl_scale side is the engine's
+own Trainer (recipe, builders, `train_step`) with its speed settings (`--speed`, default `all`: bf16
+autocast, channels_last and torch.compile of the trunk, the recipe keys `train.precision`,
+`train.channels_last`, `train.compile`; crops of one resolution always go through one forward). The
+peer is lightly's SwaVProjectionHead, SwaVPrototypes and SwaVLoss driven as lightly's SwAV example
+drives them: fp32, contiguous, eager, one forward per view, prototypes normalised before each step;
+`--peer-same-settings` gives it our precision and memory format too (compile stays ours alone). They alternate for several rounds (the
 order swapped every round) so that a shared, loaded machine slows both alike; the ratio is the
 median of the per-round ratios. Prototypes are never frozen (steady-state steps). Needs
 `pip install -e ".[bench]"` for the peer; `--no-peer` runs ssl_scale alone.
@@ -40,6 +45,11 @@ RECIPES = {
                          "optim.name=sgd", "schedule.warmup_epochs=0"]),
     "cifar": ("pretrain/swav_resnet18_cifar", []),
 }
+# The engine's speed settings (recipe keys); the peer keeps lightly's example settings unless told otherwise.
+SPEED = {"none": [],
+         "bf16": ["train.precision=bf16"],
+         "bf16_cl": ["train.precision=bf16", "train.channels_last=true"],
+         "all": ["train.precision=bf16", "train.channels_last=true", "train.compile=true"]}
 PARTS = ("data", "forward", "loss", "backward", "optim")
 PART_NAMES = {"data": "data wait", "forward": "forward", "loss": "Sinkhorn + loss", "backward": "backward",
               "optim": "optimizer"}
@@ -152,7 +162,8 @@ class LightlySide(Side):
 
     name = "lightly"
 
-    def __init__(self, cfg, batches, lr: float, device: torch.device):
+    def __init__(self, cfg, batches, lr: float, device: torch.device, precision: str = "fp32",
+                 channels_last: bool = False):
         from lightly.loss import SwaVLoss
 
         h, m = cfg.model.head, cfg.model
@@ -165,7 +176,7 @@ class LightlySide(Side):
         torch.manual_seed(cfg.seed)
         self.model = LightlySwAV(peer_trunk(m.trunk, m.stem), 512 if m.trunk in ("resnet18", "resnet34") else 2048,
                                  h.hidden_dims[0], h.output_dim, h.num_prototypes[0]).to(device)
-        if cfg.train.channels_last:
+        if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.model.train()
         o, lc = cfg.optim, cfg.loss
@@ -173,9 +184,10 @@ class LightlySide(Side):
         self.criterion = SwaVLoss(temperature=lc.temperature, sinkhorn_iterations=lc.sinkhorn_iterations,
                                   sinkhorn_epsilon=lc.epsilon)
         self.n_high = cfg.data.crops[0].count
-        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.train.precision]
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
         self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
-        super().__init__(batches, cfg.train.channels_last, device)
+        self.settings = f"{precision}, channels_last {channels_last}, eager, one forward per view"
+        super().__init__(batches, channels_last, device)
 
     def step(self) -> Dict[str, float]:
         t0 = self.now()
@@ -266,9 +278,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--sinkhorn", action="store_true",
                     help="ssl_scale alone at batch 256 with 3,000 prototypes: the Sinkhorn + loss share (target <= 3%%)")
     ap.add_argument("--no-peer", action="store_true", help="ssl_scale alone")
-    ap.add_argument("overrides", nargs="*", help="dotted recipe overrides for both sides, e.g. train.precision=fp32")
+    ap.add_argument("--speed", choices=sorted(SPEED), default="all",
+                    help="ssl_scale's speed settings (default all: bf16 autocast, channels_last, torch.compile)")
+    ap.add_argument("--peer-same-settings", action="store_true",
+                    help="give the peer our precision and memory format (default: fp32, contiguous, as lightly's example)")
+    ap.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. data.crops=... (model, crops and "
+                    "optimizer reach both sides; train.* only ssl_scale)")
     a = ap.parse_args(argv)
-    extra = list(a.overrides)
+    extra = SPEED[a.speed] + list(a.overrides)
     if a.sinkhorn:
         a.batch, a.no_peer = 256, True
         extra.append("model.head.num_prototypes=[3000]")
@@ -281,12 +298,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             import lightly
         except ImportError:
             raise SystemExit("the peer needs lightly: pip install -e '.[bench]' (or pass --no-peer)") from None
-        sides.append(LightlySide(cfg, ssl.batches, ssl.trainer.derived.lr, ssl.device))
+        peer = (cfg.train.precision, cfg.train.channels_last) if a.peer_same_settings else ("fp32", False)
+        sides.append(LightlySide(cfg, ssl.batches, ssl.trainer.derived.lr, ssl.device, *peer))
     crops = " + ".join(f"{c.count}x{c.size}" for c in cfg.data.crops)
     print(f"machine: {machine()}")
     print(f"recipe {a.recipe}: {cfg.model.trunk} ({cfg.model.stem} stem), crops {crops}, batch {a.batch}, head "
           f"{list(cfg.model.head.hidden_dims)}-{cfg.model.head.output_dim}, prototypes {list(cfg.model.head.num_prototypes)}, "
-          f"{cfg.optim.name} lr {ssl.trainer.derived.lr:.4g}, {cfg.train.precision}, channels_last {cfg.train.channels_last}")
+          f"{cfg.optim.name} lr {ssl.trainer.derived.lr:.4g}")
+    print(f"ssl_scale: {cfg.train.precision}, channels_last {cfg.train.channels_last}, compile {cfg.train.compile}, "
+          "one forward per resolution")
+    if not a.no_peer:
+        print(f"lightly: {sides[1].settings}")
     res = run_rounds(sides, a.rounds, a.steps, a.warmup, a.batch)
     summary = summarize(res)
     versions = f"lightly {lightly.__version__}" if not a.no_peer else "no peer"

@@ -111,8 +111,8 @@ def _saved_activation_bytes(model, x) -> int:
     return sum(held.values())
 
 
-def _peak_allocated_bytes(model, x) -> int:
-    """Peak over one forward + backward of the bytes torch allocated on the CPU, above what was
+def _peak_allocated_bytes(step) -> int:
+    """Peak over `step()` (a forward + backward) of the bytes torch allocated on the CPU, above what was
     allocated when it began (parameters and gradients): from the profiler's memory timeline, the CPU
     counterpart of CUDA's max_memory_allocated. 0 when this torch cannot export it."""
     import json
@@ -121,7 +121,7 @@ def _peak_allocated_bytes(model, x) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
-        model(x).sum().backward()
+        step()
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -149,7 +149,8 @@ def _ac_worker(trunk, ac, batch, px):
     base = peak_memory_bytes(torch.device("cpu"))
     model(x).sum().backward()
     rss = peak_memory_bytes(torch.device("cpu")) - base
-    return {"saved": _saved_activation_bytes(model, x), "peak": _peak_allocated_bytes(model, x), "rss": rss}
+    return {"saved": _saved_activation_bytes(model, x), "peak": _peak_allocated_bytes(lambda: model(x).sum().backward()),
+            "rss": rss}
 
 
 def _ac_timing_worker(trunk, batch, px, steps):
@@ -231,28 +232,38 @@ def _proto_worker(k, dim, batch, crops, sharded):
     else:
         layer = nn.Linear(dim, k, bias=False)
         loss_fn = SwAVLoss(num_crops=crops, reduce_sum=s, reduce_max=m)
+    def step():
+        loss_fn(z, [layer(z)], [layer.weight]).backward()
+
     t0 = time.perf_counter()
-    loss = loss_fn(z, [layer(z)], [layer.weight])
-    loss.backward()
-    return {"time": time.perf_counter() - t0, "rss": peak_memory_bytes(torch.device("cpu")) - base}
+    step()
+    elapsed = time.perf_counter() - t0
+    rss = peak_memory_bytes(torch.device("cpu")) - base
+    w = layer.weight.to_local() if hasattr(layer.weight, "to_local") else layer.weight
+    return {"time": elapsed, "rss": rss, "held": 2 * w.numel() * w.element_size(),  # rows and their gradient
+            "peak": _peak_allocated_bytes(step)}
 
 
 def bench_prototypes(args):
     k, dim, batch, crops = args.num_prototypes, 128, args.proto_batch, 4
     print(f"\nSwAV loss step (scores, Sinkhorn, swapped prediction, backward) with {k:,} prototypes of dim {dim}, "
           f"{batch} images x {crops} crops per rank\n")
-    print("| prototypes | ranks | prototype rows per rank | scores per rank | memory growth MiB (max rank) | step s |")
-    print("|---|---|---|---|---|---|")
+    print("held: the rank's prototype rows and their gradient; peak allocated: the profiler's CPU memory timeline over "
+          "the step (a second step, gradients already allocated); RSS growth: over the first step, runtime included\n")
+    print("| prototypes | ranks | prototype rows per rank | scores per rank | held MiB | peak allocated MiB (max rank) | "
+          "RSS growth MiB (max rank) | step s |")
+    print("|---|---|---|---|---|---|---|---|")
     for sharded, world in [(False, 1), (True, 4)]:  # 4 unsharded ranks hold 4 copies: the 1-rank figure each
         rows = spawn(_proto_worker, world, k, dim, batch, crops, sharded)
         rows_held = k // world if sharded else k
         scored = batch * crops * (world if sharded else 1)
         print(f"| {'split by rows' if sharded else 'whole on every rank'} | {world} | {rows_held:,} | "
-              f"{scored} x {rows_held:,} | {max(r['rss'] for r in rows) / MB:.0f} | {max(r['time'] for r in rows):.1f} |",
+              f"{scored} x {rows_held:,} | {max(r['held'] for r in rows) / MB:.0f} | {max(r['peak'] for r in rows) / MB:.0f} | "
+              f"{max(r['rss'] for r in rows) / MB:.0f} | {max(r['time'] for r in rows):.1f} |",
               flush=True)
 
 
-def _seer_worker(px, steps):
+def _seer_worker(px, steps, extra=()):
     from ssl_scale.distributed import local_numel
     from ssl_scale.train.flops import peak_memory_bytes
 
@@ -262,23 +273,41 @@ def _seer_worker(px, steps):
         "loss.sinkhorn_iterations=10", "data.batch_size=2", f"train.max_steps={steps}", "train.precision=bf16",
         f"data.crops=[{{size: {px}, count: 2, scale: [0.14, 1.0]}}, {{size: {px // 2}, count: 2, scale: [0.05, 0.14]}}]",
         "parallel.mode=fsdp", "parallel.meta_init=true", "parallel.activation_checkpointing=block",
-        "parallel.shard_prototypes=true", "loss.freeze_prototypes_iters=0", "run.log_every=1"])
+        "parallel.shard_prototypes=true", "loss.freeze_prototypes_iters=0", "run.log_every=1", *extra])
+    # One training step (Trainer.train_step: forward, Sinkhorn + loss, backward, LARS update) on crops of
+    # the recipe's sizes; fit() would also write the final checkpoint, which is not part of a step.
+    g = torch.Generator().manual_seed(dist.get_rank())
+    crops = [torch.randn(2, 3, c.size, c.size, generator=g) for c in t.cfg.data.crops for _ in range(c.count)]
+    before = _rss_now()
     t0 = time.perf_counter()
-    out = t.fit()
-    return {"loss": out["loss"], "time": (time.perf_counter() - t0) / steps, "numel": local_numel(t.model)["params"],
-            "total": sum(p.numel() for p in t.model.parameters()), "rss": peak_memory_bytes(torch.device("cpu"))}
+    out = t.train_step(crops)
+    elapsed = time.perf_counter() - t0
+    return {"loss": float(out["loss"]), "time": elapsed, "split": {k: out[k] for k in ("t_forward", "t_loss", "t_backward", "t_optim")},
+            "numel": local_numel(t.model)["params"], "total": sum(p.numel() for p in t.model.parameters()),
+            "before": before, "after": _rss_now(), "rss": peak_memory_bytes(torch.device("cpu"))}
+
+
+def _rss_now() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
 
 
 def bench_seer(args):
     print(f"\nSEER RegNetY-256GF + SwAV head (MLP 10444-10444-10444-256, 16,000 prototypes), FSDP over 4 CPU "
           f"processes, meta init, bf16 parameters, activation checkpointing, prototypes split; crops 2x{args.seer_px} "
-          f"+ 2x{args.seer_px // 2}, 2 images per rank\n")
-    rows = spawn(_seer_worker, 4, args.seer_px, 1)
-    print("| rank | parameters held | of the model | peak RSS MiB | step s | loss |")
-    print("|---|---|---|---|---|---|")
+          f"+ 2x{args.seer_px // 2}, 2 images per rank{', ' + ' '.join(args.seer_overrides) if args.seer_overrides else ''}\n")
+    # glibc keeps freed large blocks for reuse once its mmap threshold has grown; with ~18 GB of state in
+    # 24 GB that slack matters: blocks of 4 MiB and more go straight back to the system (read at start-up
+    # by the spawned processes).
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * MB))
+    rows = spawn(_seer_worker, 4, args.seer_px, 1, list(args.seer_overrides))
+    print("| rank | parameters held | of the model | RSS before the step MiB | after MiB | peak RSS MiB | step s "
+          "(forward / loss / backward / optimizer) | loss |")
+    print("|---|---|---|---|---|---|---|---|")
     for i, r in enumerate(rows):
-        print(f"| {i} | {r['numel'] / 1e6:.1f} M | {r['total'] / 1e9:.3f} B | {r['rss'] / MB:.0f} | {r['time']:.0f} | "
-              f"{r['loss']:.4f} |", flush=True)
+        split = " / ".join(f"{r['split'][k]:.1f}" for k in ("t_forward", "t_loss", "t_backward", "t_optim"))
+        print(f"| {i} | {r['numel'] / 1e6:.1f} M | {r['total'] / 1e9:.3f} B | {r['before'] / MB:.0f} | {r['after'] / MB:.0f} | "
+              f"{r['rss'] / MB:.0f} | {r['time']:.1f} ({split}) | {r['loss']:.4f} |", flush=True)
 
 
 def main():
@@ -292,6 +321,8 @@ def main():
     ap.add_argument("--num-prototypes", type=int, default=1_000_000)
     ap.add_argument("--proto-batch", type=int, default=16)
     ap.add_argument("--seer-px", type=int, default=32)
+    ap.add_argument("--seer-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="recipe overrides for the SEER step, e.g. optim.momentum=0 (no momentum buffers)")
     args = ap.parse_args()
     todo = ["state", "ac", "prototypes", "seer"] if args.what == "all" else [args.what]
     for what in todo:
