@@ -20,6 +20,7 @@ __all__ = ["resized_crop", "adjust_brightness", "adjust_contrast", "adjust_satur
 
 # torchvision's rgb_to_grayscale weights (ITU-R 601-2 luma), also the Y row of YIQ below.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
+_GRAY = torch.tensor(GRAY_WEIGHTS)
 
 # RGB -> YIQ (NTSC 1953; the matrix NVIDIA DALI's hue uses); Y is luma, (I, Q) the chroma plane.
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114],
@@ -69,7 +70,7 @@ def adjust_brightness(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def adjust_contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
     """torchvision.transforms.functional.adjust_contrast (in place): blend with the mean grey level."""
-    mean = float(torch.dot(x.reshape(3, -1).mean(dim=1), torch.tensor(GRAY_WEIGHTS)))
+    mean = float(torch.dot(x.reshape(3, -1).mean(dim=1), _GRAY))
     return _blend(x, mean, factor)
 
 

@@ -138,8 +138,8 @@ def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
     units = trunk_blocks(model.trunk) if plan.fsdp_unit == "block" else trunk_stages(model.trunk)
     for unit in units:
         shard(unit, mp_policy=mp)  # a block's checkpoint wrapper when it has one
-    for layer in head.modules():  # each projection layer its own unit: SEER's MLP is 10444 wide (2 x 109 M weights)
-        if isinstance(layer, nn.Linear) and not any(layer is p for p in head.prototypes):
+    for layer in head.projection.modules():  # each its own unit: SEER's MLP is 10444 wide (2 x 109 M weights)
+        if isinstance(layer, nn.Linear):
             shard(layer, mp_policy=mp)
     shard(model, mp_policy=mp)
     if sharded_protos is not None:

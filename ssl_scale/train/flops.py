@@ -49,6 +49,13 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat1
     return 2 * n ** 3 * repeats / (time.perf_counter() - t0)
 
 
+def resident_memory_bytes(field: str = "VmRSS") -> int:
+    """This process's resident memory now (Linux /proc/self/status): VmRSS (all), RssAnon (its own),
+    RssFile (mapped files, i.e. page cache)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) * 1024
+
+
 def peak_memory_bytes(device: torch.device) -> int:
     """Peak memory of this process: allocated accelerator memory on CUDA, resident set size on CPU."""
     if device.type == "cuda":

@@ -29,6 +29,7 @@ from ssl_scale.data.filelist import FileListIndex, INDEX_FORMAT
 from ssl_scale.data.multicrop import CropSpec, MultiCropTransform
 from ssl_scale.data.prepare import folder_entries, write_filelist, write_shards
 from ssl_scale.data.shards import ShardDataset
+from ssl_scale.train.flops import resident_memory_bytes
 
 CROPS = {"swav": [CropSpec(224, 2, 0.14, 1.0), CropSpec(96, 6, 0.05, 0.14)],
          "draft": [CropSpec(160, 2, 0.14, 1.0), CropSpec(96, 6, 0.05, 0.14)],  # 2x160: 640x427 photos decode at 1/2
@@ -37,9 +38,8 @@ DEFAULT_IMAGES = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifa
 
 
 def _rss_mb(field: str = "VmRSS") -> float:
-    """Resident memory in MB: VmRSS (all), RssAnon (the process's own), RssFile (mapped files: page cache)."""
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith(field + ":")) / 1024
+    """Resident memory in MB (see resident_memory_bytes for the fields)."""
+    return resident_memory_bytes(field) / 2 ** 20
 
 
 def rate(ds, tf, batch: int) -> float:

@@ -263,14 +263,14 @@ def bench_prototypes(args):
               flush=True)
 
 
-def _seer_worker(px, steps, extra=()):
+def _seer_worker(px, extra=()):
     from ssl_scale.distributed import local_numel
-    from ssl_scale.train.flops import peak_memory_bytes
+    from ssl_scale.train.flops import peak_memory_bytes, resident_memory_bytes
 
     t = _trainer([
         "model.trunk=regnet_y_256gf", "model.stem=imagenet", "model.head.hidden_dims=[10444, 10444]",
         "model.head.output_dim=256", "model.head.num_prototypes=[16000]", "loss.epsilon=0.03",
-        "loss.sinkhorn_iterations=10", "data.batch_size=2", f"train.max_steps={steps}", "train.precision=bf16",
+        "loss.sinkhorn_iterations=10", "data.batch_size=2", "train.precision=bf16",
         f"data.crops=[{{size: {px}, count: 2, scale: [0.14, 1.0]}}, {{size: {px // 2}, count: 2, scale: [0.05, 0.14]}}]",
         "parallel.mode=fsdp", "parallel.meta_init=true", "parallel.activation_checkpointing=block",
         "parallel.shard_prototypes=true", "loss.freeze_prototypes_iters=0", "run.log_every=1", *extra])
@@ -278,18 +278,13 @@ def _seer_worker(px, steps, extra=()):
     # the recipe's sizes; fit() would also write the final checkpoint, which is not part of a step.
     g = torch.Generator().manual_seed(dist.get_rank())
     crops = [torch.randn(2, 3, c.size, c.size, generator=g) for c in t.cfg.data.crops for _ in range(c.count)]
-    before = _rss_now()
+    before = resident_memory_bytes()
     t0 = time.perf_counter()
     out = t.train_step(crops)
     elapsed = time.perf_counter() - t0
     return {"loss": float(out["loss"]), "time": elapsed, "split": {k: out[k] for k in ("t_forward", "t_loss", "t_backward", "t_optim")},
             "numel": local_numel(t.model)["params"], "total": sum(p.numel() for p in t.model.parameters()),
-            "before": before, "after": _rss_now(), "rss": peak_memory_bytes(torch.device("cpu"))}
-
-
-def _rss_now() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+            "before": before, "after": resident_memory_bytes(), "rss": peak_memory_bytes(torch.device("cpu"))}
 
 
 def bench_seer(args):
@@ -300,7 +295,7 @@ def bench_seer(args):
     # 24 GB that slack matters: blocks of 4 MiB and more go straight back to the system (read at start-up
     # by the spawned processes).
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * MB))
-    rows = spawn(_seer_worker, 4, args.seer_px, 1, list(args.seer_overrides))
+    rows = spawn(_seer_worker, 4, args.seer_px, list(args.seer_overrides))
     print("| rank | parameters held | of the model | RSS before the step MiB | after MiB | peak RSS MiB | step s "
           "(forward / loss / backward / optimizer) | loss |")
     print("|---|---|---|---|---|---|---|---|")
