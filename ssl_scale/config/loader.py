@@ -179,12 +179,18 @@ def _check_values(cfg: DictConfig) -> None:
     need(cfg.run.checkpoint_every > 0 and cfg.run.log_every > 0, "run.checkpoint_every", "intervals must be positive")
     need(0 <= cfg.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
     par = cfg.parallel
+    need(par.fsdp_max_unit_params >= 0, "parallel.fsdp_max_unit_params", "must be >= 0 (0 = never split a block)")
     need(par.ac_every >= 1, "parallel.ac_every", "must be >= 1 (1 = every block)")
     need(not par.shard_prototypes or par.mode == "fsdp", "parallel.shard_prototypes", "needs parallel.mode=fsdp")
     need(not par.shard_prototypes or cfg.loss.queue_length == 0, "parallel.shard_prototypes",
          "does not support the SwAV queue yet; set loss.queue_length=0")
     need(par.mode != "fsdp" or cfg.train.precision != "fp16", "train.precision",
          "fp16 needs a gradient scaler that FSDP does not share; use bf16 with parallel.mode=fsdp")
+    if cfg.optim.in_backward:
+        need(cfg.optim.clip_grad_norm == 0, "optim.clip_grad_norm",
+             "needs every gradient at once; set 0 or optim.in_backward=false")
+        need(cfg.train.precision != "fp16", "train.precision",
+             "fp16's gradient scaler needs every gradient at once; use bf16 with optim.in_backward=true")
     need(cfg.run.stop_check_every > 0, "run.stop_check_every", "must be a positive number of steps")
     sl = cfg.slurm
     for key in ("nodes", "tasks_per_node", "cpus_per_task", "timeout_min"):

@@ -131,6 +131,7 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     exclude_bias_and_norm: bool = True  # no weight decay / LARS adaptation for biases and norm layers
     clip_grad_norm: float = 0.0  # 0 = off
+    in_backward: bool = False  # step each parameter as soon as its gradient is final and free it: no moment holds every gradient (parallel.mode=fsdp or one process; no clipping, no fp16)
 
 
 @dataclass
@@ -173,10 +174,12 @@ class ParallelConfig:
 
     mode: str = "ddp"  # ddp: every rank holds the whole model | fsdp: FSDP2 fully_shard, each rank holds 1/N of parameters, gradients and optimizer state
     fsdp_unit: str = "block"  # fsdp: parameters gathered per residual block (block) or per stage (stage: fewer, larger collectives)
+    fsdp_max_unit_params: int = 0  # fsdp: a block (or stage) with more parameters than this is split into one unit per convolution / linear layer, so no all-gather or reduce-scatter is larger than its largest layer (0 = never split)
     reshard_after_forward: bool = True  # fsdp: free gathered weights after forward and gather again in backward (less memory, more communication)
     fp32_norms_and_prototypes: bool = True  # fsdp with train.precision=bf16: norm layers and prototypes keep fp32 parameters and compute
     activation_checkpointing: str = "none"  # none | block: residual blocks recompute their activations in backward
     ac_every: int = 1  # with activation_checkpointing=block: checkpoint every k-th block (1 = every block)
+    ac_stages: List[int] = field(default_factory=list)  # with activation_checkpointing=block: only the blocks of these stages (0 = the first; [] = all). Early stages hold most activations and cost the least to recompute
     shard_prototypes: bool = False  # fsdp: each rank keeps K/N prototype rows and scores the gathered batch against them
     meta_init: bool = False  # build the model on the meta device; each rank materialises and initialises only its shards
 

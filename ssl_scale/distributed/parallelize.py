@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -20,6 +20,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
+from ssl_scale.config.loader import ConfigError
 from ssl_scale.models.init import init_weights
 from ssl_scale.models.trunks import trunk_blocks, trunk_stages
 
@@ -42,11 +43,13 @@ class ParallelPlan:
     precision_dtype: Optional[torch.dtype] = None  # train.precision as a dtype (None: fp32)
     fsdp: bool = False
     fsdp_unit: str = "block"
+    fsdp_max_unit_params: int = 0
     reshard_after_forward: bool = True
     fsdp_bf16: bool = False
     fp32_norms_and_prototypes: bool = True
     activation_checkpointing: str = "none"
     ac_every: int = 1
+    ac_stages: Tuple[int, ...] = ()
     shard_prototypes: bool = False
     meta_init: bool = False
     sync_bn: str = "global"
@@ -66,9 +69,11 @@ def plan_parallelism(cfg, env: DistEnv) -> ParallelPlan:
     p, t = cfg.parallel, cfg.train
     fsdp = p.mode == "fsdp" and env.distributed
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
-    return ParallelPlan(precision_dtype=dtype, fsdp=fsdp, fsdp_unit=p.fsdp_unit, reshard_after_forward=p.reshard_after_forward,
+    return ParallelPlan(precision_dtype=dtype, fsdp=fsdp, fsdp_unit=p.fsdp_unit, fsdp_max_unit_params=p.fsdp_max_unit_params,
+                        reshard_after_forward=p.reshard_after_forward,
                         fsdp_bf16=fsdp and dtype == torch.bfloat16, fp32_norms_and_prototypes=p.fp32_norms_and_prototypes,
                         activation_checkpointing=p.activation_checkpointing, ac_every=p.ac_every,
+                        ac_stages=tuple(p.ac_stages),
                         shard_prototypes=fsdp and p.shard_prototypes, meta_init=p.meta_init, sync_bn=t.sync_bn,
                         sync_bn_group_size=t.sync_bn_group_size, channels_last=t.channels_last,
                         compile_trunk=t.compile, zero_init_residual=cfg.model.zero_init_residual)
@@ -102,13 +107,20 @@ def _keep_running_stats(block: nn.Module):
     return lambda: (contextlib.nullcontext(), frozen())
 
 
-def apply_ac(trunk: nn.Module, every: int = 1) -> int:
-    """Wraps every `every`-th residual block of `trunk` so that its activations are recomputed in
-    backward instead of stored (non-reentrant torch.utils.checkpoint). Returns the number wrapped."""
+def apply_ac(trunk: nn.Module, every: int = 1, stages: Sequence[int] = ()) -> int:
+    """Wraps every `every`-th residual block of `trunk` (counted over all blocks), in the stages listed in
+    `stages` (0 = the first; empty = all), so that its activations are recomputed in backward instead of
+    stored (non-reentrant torch.utils.checkpoint). Returns the number wrapped."""
+    all_stages = trunk_stages(trunk)
+    bad = [s for s in stages if not 0 <= s < len(all_stages)]
+    if bad:
+        raise ConfigError(f"'parallel.ac_stages': stage {bad[0]} does not exist; this trunk has stages "
+                          f"0-{len(all_stages) - 1}")
     index = wrapped = 0
-    for stage in trunk_stages(trunk):
+    for s, stage in enumerate(all_stages):
         for name, block in list(stage.named_children()):
-            if index % every == 0 and not isinstance(block, CheckpointWrapper):
+            chosen = index % every == 0 and (not stages or s in stages)
+            if chosen and not isinstance(block, CheckpointWrapper):
                 setattr(stage, name, checkpoint_wrapper(block, checkpoint_fn=checkpoint, use_reentrant=False,
                                                         context_fn=_keep_running_stats(block)))
                 wrapped += 1
@@ -117,8 +129,8 @@ def apply_ac(trunk: nn.Module, every: int = 1) -> int:
 
 
 def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
-    """FSDP2 in place: one unit per block (or stage) of the trunk, one per linear layer of the head's
-    projection, the rest (stem, head norms) in the root unit; norm layers and prototypes in fp32 units of their own under bf16."""
+    """FSDP2 in place: one unit per block (or stage) of the trunk (one per convolution of a block larger
+    than fsdp_max_unit_params), one per linear layer of the head's projection, the rest (stem, head norms) in the root unit; norm layers and prototypes in fp32 units of their own under bf16."""
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     mp = bf16 if plan.fsdp_bf16 else MixedPrecisionPolicy()
@@ -137,7 +149,11 @@ def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
             shard(layer, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32))
     units = trunk_blocks(model.trunk) if plan.fsdp_unit == "block" else trunk_stages(model.trunk)
     for unit in units:
-        shard(unit, mp_policy=mp)  # a block's checkpoint wrapper when it has one
+        if plan.fsdp_max_unit_params and sum(p.numel() for p in unit.parameters()) > plan.fsdp_max_unit_params:
+            for layer in unit.modules():  # e.g. SEER 256GF's last block: 251 M parameters, its largest layer 109 M
+                if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                    shard(layer, mp_policy=mp)
+        shard(unit, mp_policy=mp)  # a block's checkpoint wrapper when it has one (its norms, when split)
     for layer in head.projection.modules():  # each its own unit: SEER's MLP is 10444 wide (2 x 109 M weights)
         if isinstance(layer, nn.Linear):
             shard(layer, mp_policy=mp)
@@ -164,8 +180,9 @@ def parallelize(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> nn.Module
     data parallelism, or the model alone on one process; `unwrap` gives the model back."""
     model = apply_sync_bn(model, plan.sync_bn, plan.sync_bn_group_size, env)
     if plan.activation_checkpointing == "block":
-        n = apply_ac(model.trunk, plan.ac_every)
-        log.info("activation checkpointing on %d residual blocks (every %d)", n, plan.ac_every)
+        n = apply_ac(model.trunk, plan.ac_every, plan.ac_stages)
+        log.info("activation checkpointing on %d residual blocks (every %d%s)", n, plan.ac_every,
+                 f", stages {list(plan.ac_stages)}" if plan.ac_stages else "")
     on_meta = any(p.is_meta for p in model.parameters())
     if not on_meta:
         model.to(env.device)

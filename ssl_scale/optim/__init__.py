@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from ssl_scale.registry import Registry
 
+from .in_backward import OptimizerInBackward
 from .lars import LARS
 from .schedule import SCHEDULES, ConstantSchedule, CosineSchedule, scale_lr
 
@@ -65,5 +66,5 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: b
     return [g for g in groups if g["params"]]
 
 
-__all__ = ["LARS", "OPTIMIZERS", "SCHEDULES", "ConstantSchedule", "CosineSchedule", "adamw", "build_optimizer",
+__all__ = ["LARS", "OPTIMIZERS", "OptimizerInBackward", "SCHEDULES", "ConstantSchedule", "CosineSchedule", "adamw", "build_optimizer",
            "lars_sgd", "param_groups", "scale_lr", "sgd"]

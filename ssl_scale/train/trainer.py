@@ -3,6 +3,7 @@ and restores the whole run state (model, optimizer, schedule position, queue, da
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 from omegaconf import DictConfig
 
 from ssl_scale.checkpoint import CheckpointManager, latest_checkpoint
-from ssl_scale.checkpoint.state import drop_unsaved_optimizer_state, load_model_optim_state, model_optim_state
+from ssl_scale.checkpoint.state import (drop_unsaved_optimizer_state, load_model_optim_state, model_optim_state,
+                                        set_aside_param_groups)
 from ssl_scale.config import ConfigError, to_yaml
 from ssl_scale.config.derived import Derived, derive
 from ssl_scale.data.loader import BadDataCounter, build_train_loader, steps_per_epoch
@@ -20,7 +22,7 @@ from ssl_scale.data.stream import Layout, remaining_ranges
 from ssl_scale.distributed import (DistEnv, all_reduce_sum, any_rank, full_tensor, init_distributed, parallelize,
                                    plan_parallelism, reduce_fns, shard_reductions, unwrap)
 from ssl_scale.methods import LOSSES, cancel_prototype_gradients
-from ssl_scale.optim import OPTIMIZERS, SCHEDULES, param_groups
+from ssl_scale.optim import OPTIMIZERS, SCHEDULES, OptimizerInBackward, param_groups
 from ssl_scale.train.build import build_multicrop, build_ssl_model, build_train_dataset
 from ssl_scale.train.flops import measured_peak_flops, peak_memory_bytes, step_flops
 from ssl_scale.train.telemetry import Telemetry
@@ -126,8 +128,16 @@ class Trainer:
     def _build_optimizer(self):
         o = self.cfg.optim
         groups = param_groups(self.model, o.weight_decay, o.exclude_bias_and_norm)
-        return OPTIMIZERS.get(o.name)(groups, lr=self.derived.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                                      trust_coefficient=o.trust_coefficient, betas=tuple(o.betas))
+        build = functools.partial(OPTIMIZERS.get(o.name), lr=self.derived.lr, momentum=o.momentum,
+                                  weight_decay=o.weight_decay, trust_coefficient=o.trust_coefficient, betas=tuple(o.betas))
+        if not o.in_backward:
+            return build(groups)
+        if self.env.distributed and not self.plan.fsdp:
+            raise ConfigError("'optim.in_backward': needs parallel.mode=fsdp on more than one process (under DDP the "
+                              "per-parameter step would run before the gradients are all-reduced)")
+        prototypes = {id(p) for p in self.model.head.prototypes.parameters()}
+        frozen = self.cfg.loss.freeze_prototypes_iters
+        return OptimizerInBackward(build, groups, skip=lambda p: id(p) in prototypes and self.step < frozen)
 
     # ----- state -------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -158,7 +168,12 @@ class Trainer:
             state["progress"].pop("global_batch")
         self._check_model_keys(path, stored, state["model"])
         drop_unsaved_optimizer_state(state["optim"], stored)
+        own_groups = set_aside_param_groups(state["optim"], stored)
         CheckpointManager.load(path, state)
+        if own_groups:
+            state["optim"]["param_groups"] = own_groups
+            log.warning("%s was written with another optimizer layout (optim.in_backward changed): its momentum and "
+                        "other per-parameter state are loaded, the groups' settings come from this recipe", path)
         load_model_optim_state(self.ddp_model, self.optimizer, state["model"], state["optim"])
         p = state["progress"]
         self.step, self.epoch, self.batch_in_epoch = int(p["step"]), int(p["epoch"]), int(p["batch_in_epoch"])

@@ -32,6 +32,25 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
         assert abs(a["loss"] - b["loss"]) < 1e-5
 
 
+def _in_backward_under_ddp(run_dir):
+    from ssl_scale.config import ConfigError
+    from ssl_scale.train.trainer import Trainer
+    from tests.helpers import tiny_config
+
+    try:
+        Trainer(tiny_config(run_dir / str(dist.get_rank()), "data.batch_size=8", "optim.in_backward=true"))
+    except ConfigError as e:
+        return str(e)
+    return "no error"
+
+
+def test_optimizer_in_backward_under_ddp_is_a_clear_error(tmp_path):
+    """DDP all-reduces gradients after autograd accumulates them, so a per-parameter step would use a
+    rank's own gradient: the trainer refuses it, naming the key and the fix."""
+    for message in run_distributed(_in_backward_under_ddp, 2, tmp_path):
+        assert message.startswith("'optim.in_backward': needs parallel.mode=fsdp on more than one process"), message
+
+
 def _syncbn(x_full, w_grad_seed):
     from ssl_scale.distributed.syncbn import convert_sync_batchnorm
 

@@ -17,7 +17,14 @@ VARIANTS = {
     "fsdp_ac": ["parallel.mode=fsdp", "parallel.activation_checkpointing=block", "parallel.fsdp_unit=stage"],
     "fsdp_sharded_prototypes": ["parallel.mode=fsdp", "parallel.shard_prototypes=true"],
     "fsdp_bf16": ["parallel.mode=fsdp", "train.precision=bf16"],
+    # each parameter stepped in backward as soon as its shard's gradient is reduced
+    "fsdp_in_backward": ["parallel.mode=fsdp", "parallel.shard_prototypes=true", "optim.in_backward=true"],
+    # the SEER recipe's settings: every block larger than 1,000 parameters split into one unit per layer,
+    # inside its checkpointed block, parameters stepped in backward
+    "fsdp_seer_like": ["parallel.mode=fsdp", "parallel.fsdp_max_unit_params=1000", "parallel.activation_checkpointing=block",
+                       "parallel.shard_prototypes=true", "optim.in_backward=true"],
 }
+ONE_PROCESS = {"in_backward": ["optim.in_backward=true"]}
 
 
 def _losses(run_dir):
@@ -33,7 +40,8 @@ def _train(run_dir, names, world):
     out = {}
     for name in names:
         d = run_dir / name
-        t = Trainer(tiny_config(d, f"data.batch_size={GLOBAL_BATCH // world}", *SMALL, *VARIANTS.get(name, [])))
+        t = Trainer(tiny_config(d, f"data.batch_size={GLOBAL_BATCH // world}", *SMALL,
+                                *VARIANTS.get(name, ONE_PROCESS.get(name, []))))
         t.fit()
         out[name] = (_losses(d), {k: v.detach().clone() for k, v in full_state_dict(t.model).items()},
                      local_numel(t.model)["params"])
@@ -63,12 +71,19 @@ def _assert_same(reference, run, atol, rtol, loss_tol):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["fsdp", "fsdp_ac", "fsdp_sharded_prototypes"])
+@pytest.mark.parametrize("variant", ["fsdp", "fsdp_ac", "fsdp_sharded_prototypes", "fsdp_in_backward",
+                                     "fsdp_seer_like"])
 def test_fsdp_two_processes_equal_one(single, two, variant):
     for rank in two:
         _assert_same(single, rank[variant], atol=2e-5, rtol=1e-4, loss_tol=1e-5)
     # each rank stores about half of the parameters (FSDP pads uneven shards by at most a row)
     assert max(r[variant][2] for r in two) < 0.55 * single[2]
+
+
+def test_optimizer_in_backward_equals_the_step_after_backward(single, tmp_path):
+    """One process, every parameter stepped in its gradient hook (prototypes frozen at the first step):
+    the losses and weights of the optimizer stepped after backward."""
+    _assert_same(single, _train(tmp_path, ["in_backward"], 1)["in_backward"], atol=1e-6, rtol=1e-5, loss_tol=1e-6)
 
 
 @pytest.mark.slow

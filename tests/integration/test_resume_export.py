@@ -19,15 +19,26 @@ def _fit(run_dir, steps, *extra):
     return t
 
 
-def test_resume_is_bitwise_exact(tmp_path):
-    full = _fit(tmp_path / "full", 6)
-    _fit(tmp_path / "split", 3)
-    resumed = _fit(tmp_path / "split", 6)
-    assert resumed.resumed_from.name == "step_000000003"
-    a, b = full.model.state_dict(), resumed.model.state_dict()
+def _full_and_resumed(tmp_path, first, extra=(), extra_resumed=None):
+    """A 6-step run, and one stopped after `first` steps and resumed to 6 (with `extra_resumed`, when
+    given, instead of `extra`); checks that the second resumed from step `first`."""
+    full = _fit(tmp_path / "full", 6, *extra)
+    _fit(tmp_path / "split", first, *extra)
+    resumed = _fit(tmp_path / "split", 6, *(extra if extra_resumed is None else extra_resumed))
+    assert resumed.resumed_from.name == f"step_{first:09d}"
+    return full, resumed
+
+
+def _assert_weights_equal(a, b):
+    a, b = a.model.state_dict(), b.model.state_dict()
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    full, resumed = _full_and_resumed(tmp_path, 3)
+    _assert_weights_equal(full, resumed)
     assert torch.equal(full.loss_fn.queue, resumed.loss_fn.queue)
     assert torch.equal(full.optimizer.state_dict()["state"][0]["momentum_buffer"],
                        resumed.optimizer.state_dict()["state"][0]["momentum_buffer"])
@@ -38,13 +49,22 @@ def test_resume_is_bitwise_exact(tmp_path):
 def test_resume_from_a_checkpoint_written_while_prototypes_are_frozen(tmp_path):
     # At step 2 of 4 frozen steps the prototypes have no momentum yet; resuming must not demand one.
     frozen = ["loss.freeze_prototypes_iters=4", "run.checkpoint_every=2"]
-    full = _fit(tmp_path / "full", 6, *frozen)
-    _fit(tmp_path / "split", 2, *frozen)
-    resumed = _fit(tmp_path / "split", 6, *frozen)
-    assert resumed.resumed_from.name == "step_000000002"
-    a, b = full.model.state_dict(), resumed.model.state_dict()
+    _assert_weights_equal(*_full_and_resumed(tmp_path, 2, frozen))
+
+
+def test_resume_with_the_optimizer_stepped_in_backward(tmp_path):
+    """optim.in_backward=true: N + N steps equal 2N bitwise, momentum included; and a checkpoint
+    written with it resumes without it (one optimizer layout into the other) to the weights of a run
+    that never used it."""
+    ib = ["optim.in_backward=true"]
+    full, resumed = _full_and_resumed(tmp_path / "ib", 3, ib)
+    _assert_weights_equal(full, resumed)
+    for p, q in zip(full.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(full.optimizer.state[p]["momentum_buffer"], resumed.optimizer.state[q]["momentum_buffer"])
+    plain, switched = _full_and_resumed(tmp_path / "switched", 3, ib, extra_resumed=[])
+    a, b = plain.model.state_dict(), switched.model.state_dict()
     for k in a:
-        assert torch.equal(a[k], b[k]), k
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
 
 
 def test_export_loads_strictly_into_torchvision(tmp_path):

@@ -128,6 +128,8 @@ def test_cli_error_is_one_line_without_traceback(tmp_path):
      r"'parallel.shard_prototypes': does not support the SwAV queue"),
     (["parallel.mode=fsdp", "train.precision=fp16"], r"'train.precision': fp16 needs a gradient scaler"),
     (["parallel.ac_every=0"], r"'parallel.ac_every': must be >= 1"),
+    (["optim.in_backward=true", "optim.clip_grad_norm=1.0"], r"'optim.clip_grad_norm': needs every gradient at once"),
+    (["optim.in_backward=true", "train.precision=fp16"], r"'train.precision': fp16's gradient scaler needs every gradient"),
 ])
 def test_parallel_keys_are_checked(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):

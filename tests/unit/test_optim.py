@@ -1,10 +1,11 @@
 """LARS against its written formula, parameter groups, optimizer builders, LR schedules and scaling."""
+import functools
 import math
 
 import pytest
 import torch
 
-from ssl_scale.optim import LARS, OPTIMIZERS, SCHEDULES, param_groups, scale_lr
+from ssl_scale.optim import LARS, OPTIMIZERS, SCHEDULES, OptimizerInBackward, param_groups, scale_lr
 
 
 def lars_reference(params, grads_per_step, lr, m, wd, eta, exclude):
@@ -120,3 +121,51 @@ def test_scale_lr():
     assert scale_lr(0.3, 4096) == pytest.approx(4.8)
     assert scale_lr(0.3, 256) == pytest.approx(0.3)
     assert scale_lr(0.6, 1024, reference_batch=512) == pytest.approx(1.2)
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5))
+
+
+@pytest.mark.parametrize("name", ["lars_sgd", "sgd", "adamw"])
+def test_optimizer_in_backward_equals_the_step_after_backward(name):
+    """Stepping each parameter in its gradient hook gives the weights of one optimizer stepped after
+    backward (LARS's trust ratio is per parameter, so a per-parameter optimizer changes nothing), while
+    no moment of backward holds more than one parameter's gradient."""
+    ref, fused = _net(), _net()
+    build = functools.partial(OPTIMIZERS.get(name), lr=0.1, momentum=0.9, weight_decay=1e-3,
+                              trust_coefficient=0.01, betas=(0.9, 0.99))
+    opt = build(param_groups(ref, 1e-3))
+    held = []  # gradients alive each time one is ready (hooks run in registration order: this one first)
+    for p in fused.parameters():
+        p.register_post_accumulate_grad_hook(lambda _: held.append(sum(q.grad is not None for q in fused.parameters())))
+    fused_opt = OptimizerInBackward(build, param_groups(fused, 1e-3))
+    x = torch.randn(3, 8, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for k in range(3):
+        for net in (ref, fused):
+            out = net(x[k])
+            (out.square().mean() + out[:, 0].sum()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        fused_opt.step()
+        for a, b in zip(ref.parameters(), fused.parameters()):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+    assert max(held) == 1 and len(held) == 3 * len(list(fused.parameters()))
+    assert all(p.grad is None for p in fused.parameters())
+    assert len(fused_opt.param_groups) == len(list(fused.parameters()))
+
+
+def test_optimizer_in_backward_skips_and_follows_the_schedule():
+    net = _net()
+    frozen = net[4].weight
+    before = frozen.detach().clone()
+    opt = OptimizerInBackward(functools.partial(LARS, lr=0.1), param_groups(net, 0.0), skip=lambda p: p is frozen)
+    for g in opt.param_groups:  # what the schedule does every step
+        g["lr"] = 0.0 if any(q is net[0].weight for q in g["params"]) else 0.1
+    w0 = net[0].weight.detach().clone()
+    net(torch.randn(2, 3, 8, 8)).sum().backward()
+    assert torch.equal(frozen.detach(), before) and frozen not in opt.state and frozen.grad is None
+    assert torch.equal(net[0].weight.detach(), w0)  # lr 0 reached its optimizer
+    assert "momentum_buffer" in opt.state[net[4].bias]

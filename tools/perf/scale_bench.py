@@ -134,16 +134,24 @@ def _peak_allocated_bytes(step) -> int:
     return max(totals) - totals[0] if totals else 0
 
 
-def _ac_worker(trunk, ac, batch, px):
-    """Memory of one configuration, alone in its process (so that its peak RSS is its own)."""
+def _ac_model(trunk, stages):
+    """The trunk with no checkpointing (stages None), every block checkpointed ([]), or the blocks of
+    the listed stages."""
     from ssl_scale.distributed.parallelize import apply_ac
     from ssl_scale.models.trunks import build_trunk
-    from ssl_scale.train.flops import peak_memory_bytes
 
     torch.manual_seed(0)
     model = build_trunk(trunk)
-    if ac:
-        apply_ac(model)
+    if stages is not None:
+        apply_ac(model, stages=stages)
+    return model
+
+
+def _ac_worker(trunk, stages, batch, px):
+    """Memory of one configuration, alone in its process (so that its peak RSS is its own)."""
+    from ssl_scale.train.flops import peak_memory_bytes
+
+    model = _ac_model(trunk, stages)
     x = torch.randn(batch, 3, px, px)
     model(x[:2]).sum().backward()  # warm-up: gradients allocated, kernels chosen
     base = peak_memory_bytes(torch.device("cpu"))
@@ -153,56 +161,48 @@ def _ac_worker(trunk, ac, batch, px):
             "rss": rss}
 
 
-def _ac_timing_worker(trunk, batch, px, steps):
-    """Step times of both configurations in one process, alternating step by step (the order swapped
-    every round), so that a change of load on a shared machine slows both alike."""
-    from ssl_scale.distributed.parallelize import apply_ac
-    from ssl_scale.models.trunks import build_trunk
-
-    models = {}
-    for ac in (False, True):
-        torch.manual_seed(0)
-        models[ac] = build_trunk(trunk)
-        if ac:
-            apply_ac(models[ac])
+def _ac_timing_worker(trunk, configs, batch, px, steps):
+    """Step times of every configuration in one process, taking turns step by step (the order rotated
+    every round), so that a change of load on a shared machine slows them all alike."""
+    models = [_ac_model(trunk, stages) for stages in configs]
     x = torch.randn(batch, 3, px, px)
-    times = {ac: {"forward": [], "backward": []} for ac in models}
+    times = [{"forward": [], "backward": []} for _ in models]
     for r in range(steps + 1):
-        for ac in ((False, True) if r % 2 == 0 else (True, False)):
+        for i in [(r + j) % len(models) for j in range(len(models))]:
             t0 = time.perf_counter()
-            out = models[ac](x).sum()
+            out = models[i](x).sum()
             t1 = time.perf_counter()
             out.backward()
             t2 = time.perf_counter()
             if r:  # the first round warms up
-                times[ac]["forward"].append(t1 - t0)
-                times[ac]["backward"].append(t2 - t1)
+                times[i]["forward"].append(t1 - t0)
+                times[i]["backward"].append(t2 - t1)
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    return {ac: {k: med(v) for k, v in t.items()} | {"step": med([a + b for a, b in zip(t["forward"], t["backward"])])}
-            for ac, t in times.items()}
+    return [{k: med(v) for k, v in t.items()} | {"step": med([a + b for a, b in zip(t["forward"], t["backward"])])}
+            for t in times]
 
 
 def bench_ac(args):
     threads = os.environ.get("BENCH_THREADS", "1")
+    stages = [int(v) for v in args.ac_stages.split(",")] if args.ac_stages else []
+    configs = {"none": None, "every block": [], f"blocks of stages {args.ac_stages}": stages}
     print(f"\nActivation checkpointing on {args.ac_trunk}, batch {args.ac_batch} x {args.ac_px} px, forward + backward, "
-          f"1 process, {threads} thread(s); step times: median of {args.steps} alternating steps in one process\n")
+          f"1 process, {threads} thread(s); step times: median of {args.steps} steps in one process, the configurations "
+          f"taking turns\n")
     print("saved: tensors autograd holds for backward after the forward (parameters and input excluded); "
           "peak allocated: the profiler's CPU memory timeline, peak over forward + backward above parameters "
           "and gradients; peak RSS: growth of the process's resident set over a step (allocator slack included)\n")
     print("| activation checkpointing | saved activations MiB | peak allocated MiB | peak RSS growth MiB | "
-          "forward s | backward s | step s |")
-    print("|---|---|---|---|---|---|---|")
-    mem = {ac: spawn(_ac_worker, 1, args.ac_trunk, ac, args.ac_batch, args.ac_px)[0] for ac in (False, True)}
-    tim = spawn(_ac_timing_worker, 1, args.ac_trunk, args.ac_batch, args.ac_px, args.steps)[0]
-    for ac in (False, True):
-        m, t = mem[ac], tim[ac]
-        print(f"| {'every block' if ac else 'none'} | {m['saved'] / MB:.0f} | {m['peak'] / MB:.0f} | {m['rss'] / MB:.0f} | "
-              f"{t['forward']:.3f} | {t['backward']:.3f} | {t['step']:.3f} |", flush=True)
-    ratio = lambda k: mem[False][k] / max(mem[True][k], 1)  # noqa: E731
-    print(f"\nless memory with checkpointing: saved activations {ratio('saved'):.2f}x, peak allocated "
-          f"{ratio('peak'):.2f}x, peak RSS {ratio('rss'):.2f}x (target >= 2.5x); step time "
-          f"{tim[True]['step'] / tim[False]['step']:.2f}x (target <= 1.4x; the recomputation costs one more forward, "
-          f"{tim[False]['forward'] / tim[False]['step']:.0%} of a step without checkpointing here)")
+          "forward s | backward s | step s | memory less (saved / peak allocated) | step time |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    mem = [spawn(_ac_worker, 1, args.ac_trunk, st, args.ac_batch, args.ac_px)[0] for st in configs.values()]
+    tim = spawn(_ac_timing_worker, 1, args.ac_trunk, list(configs.values()), args.ac_batch, args.ac_px, args.steps)[0]
+    for name, m, t in zip(configs, mem, tim):
+        print(f"| {name} | {m['saved'] / MB:.0f} | {m['peak'] / MB:.0f} | {m['rss'] / MB:.0f} | "
+              f"{t['forward']:.3f} | {t['backward']:.3f} | {t['step']:.3f} | {mem[0]['saved'] / max(m['saved'], 1):.2f}x / "
+              f"{mem[0]['peak'] / max(m['peak'], 1):.2f}x | {t['step'] / tim[0]['step']:.2f}x |", flush=True)
+    print(f"\ntargets: >= 2.5x less activation memory for <= 1.4x the step time; the forward is "
+          f"{tim[0]['forward'] / tim[0]['step']:.0%} of a step without checkpointing here")
 
 
 def _proto_worker(k, dim, batch, crops, sharded):
@@ -263,17 +263,21 @@ def bench_prototypes(args):
               flush=True)
 
 
-def _seer_worker(px, extra=()):
+def _seer_worker(recipe, px, extra=()):
+    from ssl_scale.config import load_config
     from ssl_scale.distributed import local_numel
     from ssl_scale.train.flops import peak_memory_bytes, resident_memory_bytes
+    from ssl_scale.train.trainer import Trainer
 
-    t = _trainer([
-        "model.trunk=regnet_y_256gf", "model.stem=imagenet", "model.head.hidden_dims=[10444, 10444]",
-        "model.head.output_dim=256", "model.head.num_prototypes=[16000]", "loss.epsilon=0.03",
-        "loss.sinkhorn_iterations=10", "data.batch_size=2", "train.precision=bf16",
+    # The recipe itself, with synthetic images, 2 per rank, small crops, and the prototypes trained (and
+    # given momentum) from the first step, as after the freeze.
+    overrides = [
+        f"run.dir={tempfile.mkdtemp(prefix='scale_bench_')}", "run.progress=false", "run.tensorboard=false",
+        "eval.knn_at_end=false", "data.num_workers=0", "data.train.source=synthetic", "data.train.num_samples=64",
+        f"data.train.image_size={px}", "data.batch_size=2", "loss.freeze_prototypes_iters=0",
         f"data.crops=[{{size: {px}, count: 2, scale: [0.14, 1.0]}}, {{size: {px // 2}, count: 2, scale: [0.05, 0.14]}}]",
-        "parallel.mode=fsdp", "parallel.meta_init=true", "parallel.activation_checkpointing=block",
-        "parallel.shard_prototypes=true", "loss.freeze_prototypes_iters=0", "run.log_every=1", *extra])
+        *extra]
+    t = Trainer(load_config(recipe, overrides))
     # One training step (Trainer.train_step: forward, Sinkhorn + loss, backward, LARS update) on crops of
     # the recipe's sizes; fit() would also write the final checkpoint, which is not part of a step.
     g = torch.Generator().manual_seed(dist.get_rank())
@@ -287,15 +291,67 @@ def _seer_worker(px, extra=()):
             "before": before, "after": resident_memory_bytes(), "rss": peak_memory_bytes(torch.device("cpu"))}
 
 
+class MemoryWatch:
+    """Samples the machine's available memory (MemAvailable) every 0.1 s from a thread; the lowest value
+    is the headroom the run left. Below `floor_mb` it ends the run's processes instead of letting the
+    kernel's out-of-memory killer pick (and perhaps pick another program)."""
+
+    def __init__(self, floor_mb: int = 300):
+        import threading
+
+        self.floor_mb, self.lowest_mb, self.tripped = floor_mb, float("inf"), False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def available_mb() -> float:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable")) / 1024
+
+    def _run(self):
+        import signal
+
+        while not self._stop.wait(0.1):
+            self.lowest_mb = min(self.lowest_mb, self.available_mb())
+            if self.lowest_mb < self.floor_mb and not self.tripped:
+                self.tripped = True
+                for child in mp.active_children():
+                    os.kill(child.pid, signal.SIGKILL)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def bench_seer(args):
-    print(f"\nSEER RegNetY-256GF + SwAV head (MLP 10444-10444-10444-256, 16,000 prototypes), FSDP over 4 CPU "
-          f"processes, meta init, bf16 parameters, activation checkpointing, prototypes split; crops 2x{args.seer_px} "
-          f"+ 2x{args.seer_px // 2}, 2 images per rank{', ' + ' '.join(args.seer_overrides) if args.seer_overrides else ''}\n")
+    from ssl_scale.config import load_config
+
+    cfg = load_config(args.seer_recipe, list(args.seer_overrides), check=False)  # the workers add the data
+    print(f"\nrecipe {args.seer_recipe} ({cfg.model.trunk}, head {cfg.model.head.hidden_dims} -> {cfg.model.head.output_dim}, "
+          f"{list(cfg.model.head.num_prototypes)} prototypes; parallel: {dict(cfg.parallel)}; optim.in_backward="
+          f"{cfg.optim.in_backward}) on 4 CPU processes; crops 2x{args.seer_px} + 2x{args.seer_px // 2}, 2 images per "
+          f"rank{', ' + ' '.join(args.seer_overrides) if args.seer_overrides else ''}\n")
     # glibc keeps freed large blocks for reuse once its mmap threshold has grown; with ~18 GB of state in
     # 24 GB that slack matters: blocks of 4 MiB and more go straight back to the system (read at start-up
     # by the spawned processes).
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 * MB))
-    rows = spawn(_seer_worker, 4, args.seer_px, list(args.seer_overrides))
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
+    start_mb = MemoryWatch.available_mb()
+    with MemoryWatch() as watch:
+        try:
+            rows = spawn(_seer_worker, 4, args.seer_recipe, args.seer_px, list(args.seer_overrides))
+        except Exception:
+            if not watch.tripped:
+                raise
+            rows = None
+    if rows is None:
+        print(f"did not fit: the machine's available memory fell below {watch.floor_mb} MB and the run was ended "
+              f"(available at the start {start_mb:,.0f} of {total_mb:,.0f} MiB)")
+        return
     print("| rank | parameters held | of the model | RSS before the step MiB | after MiB | peak RSS MiB | step s "
           "(forward / loss / backward / optimizer) | loss |")
     print("|---|---|---|---|---|---|---|---|")
@@ -303,6 +359,8 @@ def bench_seer(args):
         split = " / ".join(f"{r['split'][k]:.1f}" for k in ("t_forward", "t_loss", "t_backward", "t_optim"))
         print(f"| {i} | {r['numel'] / 1e6:.1f} M | {r['total'] / 1e9:.3f} B | {r['before'] / MB:.0f} | {r['after'] / MB:.0f} | "
               f"{r['rss'] / MB:.0f} | {r['time']:.1f} ({split}) | {r['loss']:.4f} |", flush=True)
+    print(f"\nmachine memory: {total_mb:,.0f} MiB in all, {start_mb:,.0f} available at the start, lowest available during "
+          f"the run {watch.lowest_mb:,.0f} MiB (sampled every 0.1 s)")
 
 
 def main():
@@ -312,10 +370,12 @@ def main():
     ap.add_argument("--ac-trunk", default="regnet_y_800mf")
     ap.add_argument("--ac-batch", type=int, default=32)
     ap.add_argument("--ac-px", type=int, default=128)
+    ap.add_argument("--ac-stages", default="0,1,2", help="stages checkpointed in the third configuration (comma-separated)")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--num-prototypes", type=int, default=1_000_000)
     ap.add_argument("--proto-batch", type=int, default=16)
     ap.add_argument("--seer-px", type=int, default=32)
+    ap.add_argument("--seer-recipe", default="pretrain/seer_regnet_y_256gf")
     ap.add_argument("--seer-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                     help="recipe overrides for the SEER step, e.g. optim.momentum=0 (no momentum buffers)")
     args = ap.parse_args()
