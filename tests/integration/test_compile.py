@@ -36,3 +36,31 @@ def test_compiled_trunk_trains_like_eager(tmp_path):
     ckpt_a = sorted((tmp_path / "False" / "checkpoints").iterdir())[-1].name
     ckpt_b = sorted((tmp_path / "True" / "checkpoints").iterdir())[-1].name
     assert ckpt_a == ckpt_b == "step_000000003"
+
+
+def _fsdp_compiled(run_dir):
+    import torch.distributed as dist
+
+    from tests.helpers import SMALL_MODEL
+
+    torch._dynamo.reset()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    extra = ["parallel.mode=fsdp", "train.compile=true"] if world > 1 else []
+    t = Trainer(tiny_config(run_dir, *ONE_SIZE, f"data.batch_size={16 // world}", "run.checkpoint_every=100",
+                            *SMALL_MODEL, *extra))
+    t.fit()
+    compiled = getattr(t.model.trunk, "_compiled_call_impl", None) is not None
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()], compiled
+
+
+@pytest.mark.slow
+def test_compiled_trunk_under_fsdp_trains_like_one_eager_process(tmp_path):
+    """train.compile=true with parallel.mode=fsdp on 2 processes (the trunk compiled around its FSDP
+    units): the losses of one eager process with the same global batch."""
+    from tests.distributed._spawn import run_distributed
+
+    eager, was_compiled = _fsdp_compiled(tmp_path / "one")
+    assert not was_compiled and len(eager) == 3
+    for losses, compiled in run_distributed(_fsdp_compiled, 2, tmp_path / "two"):
+        assert compiled
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(eager), rtol=1e-4, atol=1e-4)
