@@ -1,7 +1,8 @@
 """FSDP2 training on 2 and 4 gloo processes equals one process with the same global batch and crops
 (fp32, synchronised batch norm): the same losses at every step and the same final weights, with
-and without activation checkpointing and with the prototypes split over the ranks; bf16 within a
-stated tolerance. Every rank holds only its share of the parameters."""
+and without activation checkpointing and with the prototypes split over the ranks; on 2 processes
+it also equals DDP on the same processes; bf16 within a stated tolerance. Every rank holds only its
+share of the parameters."""
 import json
 
 import pytest
@@ -18,6 +19,9 @@ VARIANTS = {
     "fsdp_sharded_prototypes": ["parallel.mode=fsdp", "parallel.shard_prototypes=true"],
     "fsdp_bf16": ["parallel.mode=fsdp", "train.precision=bf16"],
     # each parameter stepped in backward as soon as its shard's gradient is reduced
+    # data parallel on the same processes, for the direct comparison
+    "ddp": [],
+    "ddp_ac": ["parallel.activation_checkpointing=block"],
     "fsdp_in_backward": ["parallel.mode=fsdp", "parallel.shard_prototypes=true", "optim.in_backward=true"],
     # the SEER recipe's settings: every block larger than 1,000 parameters split into one unit per layer,
     # inside its checkpointed block, parameters stepped in backward
@@ -84,6 +88,16 @@ def test_optimizer_in_backward_equals_the_step_after_backward(single, tmp_path):
     """One process, every parameter stepped in its gradient hook (prototypes frozen at the first step):
     the losses and weights of the optimizer stepped after backward."""
     _assert_same(single, _train(tmp_path, ["in_backward"], 1)["in_backward"], atol=1e-6, rtol=1e-5, loss_tol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp,ddp", [("fsdp", "ddp"), ("fsdp_ac", "ddp_ac")])
+def test_fsdp_equals_ddp_on_the_same_processes(two, fsdp, ddp):
+    """Sharded and data-parallel training on the same 2 processes, with and without activation
+    checkpointing: the same losses and weights (each rank compared with itself)."""
+    for rank in two:
+        _assert_same(rank[ddp], rank[fsdp], atol=2e-5, rtol=1e-4, loss_tol=1e-5)
+    assert max(r[fsdp][2] for r in two) < 0.55 * two[0][ddp][2]  # and holds half the parameters
 
 
 @pytest.mark.slow
