@@ -129,8 +129,9 @@ def apply_ac(trunk: nn.Module, every: int = 1, stages: Sequence[int] = ()) -> in
 
 
 def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
-    """FSDP2 in place: one unit per block (or stage) of the trunk (one per convolution of a block larger
-    than fsdp_max_unit_params), one per linear layer of the head's projection, the rest (stem, head norms) in the root unit; norm layers and prototypes in fp32 units of their own under bf16."""
+    """FSDP2 in place: one unit per block (or stage) of the trunk (one per convolution or linear layer of
+    a block larger than fsdp_max_unit_params), one per linear layer of the head's projection, the rest
+    (stem, head norms) in the root unit; norm layers and prototypes in fp32 units of their own under bf16."""
     mesh = init_device_mesh(env.device.type, (env.world_size,))
     bf16 = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     mp = bf16 if plan.fsdp_bf16 else MixedPrecisionPolicy()

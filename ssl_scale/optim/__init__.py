@@ -66,5 +66,5 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bias_and_norm: b
     return [g for g in groups if g["params"]]
 
 
-__all__ = ["LARS", "OPTIMIZERS", "OptimizerInBackward", "SCHEDULES", "ConstantSchedule", "CosineSchedule", "adamw", "build_optimizer",
-           "lars_sgd", "param_groups", "scale_lr", "sgd"]
+__all__ = ["LARS", "OPTIMIZERS", "OptimizerInBackward", "SCHEDULES", "ConstantSchedule", "CosineSchedule", "adamw",
+           "build_optimizer", "lars_sgd", "param_groups", "scale_lr", "sgd"]

@@ -35,13 +35,12 @@ class OptimizerInBackward:
                  skip: Callable[[torch.Tensor], bool] = lambda p: False):
         self.optimizers: List[torch.optim.Optimizer] = []
         self.skip = skip
-        self._handles = []
         for group in groups:
             settings = {k: v for k, v in group.items() if k != "params"}
             for p in group["params"]:
                 opt = build([{"params": [p], **settings}])
                 self.optimizers.append(opt)
-                self._handles.append(p.register_post_accumulate_grad_hook(functools.partial(self._step, opt)))
+                p.register_post_accumulate_grad_hook(functools.partial(self._step, opt))
 
     def _step(self, opt: torch.optim.Optimizer, p: torch.Tensor) -> None:
         if not self.skip(p):
@@ -62,8 +61,3 @@ class OptimizerInBackward:
 
     def step(self, closure=None) -> None:
         """Nothing left to do: every parameter was stepped during backward."""
-
-    def remove_hooks(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
