@@ -13,7 +13,7 @@ import torch.distributed.checkpoint as dcp
 import yaml
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from .manager import COMPLETE, CheckpointManager, resolve_checkpoint
+from .manager import COMPLETE, CheckpointManager, no_dist, resolve_checkpoint
 
 TRUNK_PREFIX = "model.trunk."
 
@@ -42,7 +42,7 @@ def read_trunk_state_dict(path: str | Path, chunk_bytes: int = 1 << 30) -> Tuple
     def flush():
         nonlocal batch, size
         if batch:
-            dcp.load(batch, checkpoint_id=str(ckpt), no_dist=True)
+            dcp.load(batch, checkpoint_id=str(ckpt), **no_dist(dcp.load, always=True))
             out.update({k[len(TRUNK_PREFIX):]: v for k, v in batch.items()})
         batch, size = {}, 0
 

@@ -2,6 +2,7 @@
 newest-first resume, keep-last-N retention."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -71,9 +72,13 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def _no_dist() -> Dict[str, bool]:
-    """Say 'single process' explicitly when no process group exists."""
-    return {} if dist.is_initialized() else {"no_dist": True}
+def no_dist(fn: Callable, always: bool = False) -> Dict[str, bool]:
+    """Keyword arguments telling `fn` (dcp.save / dcp.load) to work in this process alone: when no
+    process group exists (or `always`), and only where `fn` takes `no_dist` (torch 2.6 does not, and
+    assumes it by itself when there is no process group)."""
+    if (dist.is_initialized() and not always) or "no_dist" not in inspect.signature(fn).parameters:
+        return {}
+    return {"no_dist": True}
 
 
 # DCP warns on every single-process save/load even when told no_dist=True; that is the normal case here.
@@ -105,7 +110,7 @@ class CheckpointManager:
                 shutil.rmtree(tmp)
         _barrier()
         t0 = time.perf_counter()
-        dcp.save(state, checkpoint_id=str(tmp), **_no_dist())
+        dcp.save(state, checkpoint_id=str(tmp), **no_dist(dcp.save))
         _barrier()
         if _rank() == 0:
             (tmp / COMPLETE).write_text(json.dumps({"step": step, "time": time.time(), **(info or {})}, indent=1))
@@ -134,7 +139,7 @@ class CheckpointManager:
     @staticmethod
     def load(path: str | Path, state: Dict[str, Any]) -> None:
         """Load into `state` in place (DCP reshards to this run's layout)."""
-        dcp.load(state, checkpoint_id=str(path), **_no_dist())
+        dcp.load(state, checkpoint_id=str(path), **no_dist(dcp.load))
 
 
 def _fsync_dir(path: Path) -> None:

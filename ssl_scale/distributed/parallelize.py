@@ -64,10 +64,22 @@ class ParallelPlan:
         return None if self.fsdp_bf16 else self.precision_dtype
 
 
+FSDP_ON_CPU_SINCE = (2, 7)  # torch 2.6's FSDP2 needs device streams (CUDA and the like) to gather parameters
+
+
+def torch_version() -> Tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
 def plan_parallelism(cfg, env: DistEnv) -> ParallelPlan:
     """The plan for a resolved recipe (`parallel.*`, `train.*`) on this run's processes."""
     p, t = cfg.parallel, cfg.train
     fsdp = p.mode == "fsdp" and env.distributed
+    if fsdp and env.device.type == "cpu" and torch_version() < FSDP_ON_CPU_SINCE:
+        raise ConfigError(f"'parallel.mode': fsdp on CPU processes needs torch >= "
+                          f"{'.'.join(map(str, FSDP_ON_CPU_SINCE))} (this is {torch.__version__}); use "
+                          f"parallel.mode=ddp, GPUs, or a newer torch")
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
     return ParallelPlan(precision_dtype=dtype, fsdp=fsdp, fsdp_unit=p.fsdp_unit, fsdp_max_unit_params=p.fsdp_max_unit_params,
                         reshard_after_forward=p.reshard_after_forward,

@@ -4,7 +4,17 @@ from __future__ import annotations
 from typing import Callable, Iterator, List, Optional
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
+
+
+def _local(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+    """Each tensor's local shard (a view: in-place updates reach the DTensor), plain tensors as they are."""
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _chunks(params: List[torch.Tensor], max_numel: int) -> Iterator[List[torch.Tensor]]:
@@ -72,16 +82,19 @@ class LARS(Optimizer):
         return loss
 
     def _update(self, group, params: List[torch.Tensor]) -> None:
+        # Sharded (DTensor) parameters: the norms are of the whole parameter (DTensor reduces them over
+        # the shards); the element-wise update then runs on the local shards as plain tensors.
         grads = [p.grad for p in params]
         if group["lars_exclude"]:
-            updates = grads  # read only below
+            updates = _local(grads)  # read only below
         else:
             wd = group["weight_decay"]
             updates = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
-            p_norm = torch.stack(torch._foreach_norm(params))
-            u_norm = torch.stack(torch._foreach_norm(updates))
+            p_norm = _whole(torch.stack(torch._foreach_norm(params)))
+            u_norm = _whole(torch.stack(torch._foreach_norm(updates)))
             trust = torch.where((p_norm > 0) & (u_norm > 0),
                                 group["trust_coefficient"] * p_norm / u_norm, torch.ones_like(p_norm))
+            updates = _local(updates)
             torch._foreach_mul_(updates, list(trust.unbind()))
         momentum = group["momentum"]
         if momentum:
@@ -89,9 +102,10 @@ class LARS(Optimizer):
             for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:  # zeros * momentum + u = u: buf starts at u
-                    state["momentum_buffer"] = torch.zeros_like(p)
+                    state["momentum_buffer"] = torch.zeros_like(p)  # sharded like p, for checkpoints
                 bufs.append(state["momentum_buffer"])
+            bufs = _local(bufs)
             torch._foreach_mul_(bufs, momentum)
             torch._foreach_add_(bufs, updates)
             updates = bufs
-        torch._foreach_add_(params, updates, alpha=-group["lr"])
+        torch._foreach_add_(_local(params), updates, alpha=-group["lr"])

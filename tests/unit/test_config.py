@@ -136,6 +136,18 @@ def test_parallel_keys_are_checked(tmp_path, overrides, message):
         load_config(write(tmp_path, "r.yaml", "data: {train: {source: embedded}}\n"), overrides)
 
 
+def test_fsdp_on_cpu_with_a_torch_too_old_for_it_is_a_clear_error(tmp_path, monkeypatch):
+    from ssl_scale.distributed import DistEnv, plan_parallelism
+
+    cfg = load_config(write(tmp_path, "r.yaml", "data: {train: {source: embedded}}\n"), ["parallel.mode=fsdp"])
+    monkeypatch.setattr(torch, "__version__", "2.6.0+cpu")
+    with pytest.raises(ConfigError, match=r"^'parallel.mode': fsdp on CPU processes needs torch >= 2.7 \(this is 2.6.0\+cpu\)"):
+        plan_parallelism(cfg, DistEnv(world_size=2))
+    assert not plan_parallelism(cfg, DistEnv()).fsdp  # one process trains unsharded on any torch
+    monkeypatch.setattr(torch, "__version__", "2.7.0")
+    assert plan_parallelism(cfg, DistEnv(world_size=2)).fsdp
+
+
 def test_parallel_plan_on_one_process_trains_unsharded_with_autocast(tmp_path):
     from ssl_scale.distributed import DistEnv, plan_parallelism
 

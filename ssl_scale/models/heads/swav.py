@@ -53,7 +53,10 @@ class SwAVHead(nn.Module):
     def normalize_prototypes(self) -> None:
         """Puts every prototype back on the unit sphere; call after each optimizer step."""
         for proto in self.prototypes:
-            proto.weight.copy_(F.normalize(proto.weight, dim=1))
+            # F.normalize's formula, with clamp for its clamp_min: sharded (DTensor) weights support
+            # clamp on every torch from 2.6 on, clamp_min only on newer ones.
+            w = proto.weight
+            w.copy_(w / w.norm(dim=1, keepdim=True).clamp(min=1e-12))
 
     def forward(self, x: Tensor) -> Tuple[Tensor, List[Tensor]]:
         """x: (B, in_dim) -> (z: (B, output_dim) unit rows, [z @ C_i^T: (B, K_i)])."""
