@@ -32,3 +32,15 @@ def tiny_config(run_dir, *overrides):
 # A smaller model for multi-process tests: the debug RegNetY, a narrow head, two prototype sets.
 SMALL_MODEL = ["model.trunk=regnet_y_debug", "model.head.hidden_dims=[256]", "model.head.num_prototypes=[40, 20]",
                "train.sync_bn=global"]
+
+
+def _needs_fsdp_on_cpu():
+    from ssl_scale.distributed.parallelize import FSDP_ON_CPU_SINCE, torch_version
+
+    since = ".".join(map(str, FSDP_ON_CPU_SINCE))
+    return pytest.mark.skipif(torch_version() < FSDP_ON_CPU_SINCE,
+                              reason=f"FSDP2 on CPU processes needs torch >= {since} (the engine says so in one line)")
+
+
+# For tests that train with FSDP on CPU processes (gloo); CI runs the newest torch, where they all run.
+needs_fsdp_on_cpu = _needs_fsdp_on_cpu()

@@ -64,7 +64,8 @@ class ParallelPlan:
         return None if self.fsdp_bf16 else self.precision_dtype
 
 
-FSDP_ON_CPU_SINCE = (2, 7)  # torch 2.6's FSDP2 needs device streams (CUDA and the like) to gather parameters
+FSDP_ON_CPU_SINCE = (2, 9)  # FSDP2 on CPU: 2.6 cannot gather (no CPU stream events); 2.7 and 2.8 train, but not to one process's weights
+SPLIT_CHECKPOINTED_SINCE = (2, 11)  # FSDP2 units nested in a checkpointed block: older torch recomputes with sharded weights
 
 
 def torch_version() -> Tuple[int, int]:
@@ -140,6 +141,20 @@ def apply_ac(trunk: nn.Module, every: int = 1, stages: Sequence[int] = ()) -> in
     return wrapped
 
 
+def _units_to_split(units: List[nn.Module], max_params: int) -> List[nn.Module]:
+    """The units larger than max_params (0: none), which get one FSDP unit per layer; not the checkpointed
+    ones when this torch cannot gather units nested in a checkpointed block (said once)."""
+    large = [u for u in units if max_params and sum(p.numel() for p in u.parameters()) > max_params]
+    if torch_version() >= SPLIT_CHECKPOINTED_SINCE:
+        return large
+    split = [u for u in large if not any(isinstance(m, CheckpointWrapper) for m in u.modules())]
+    if len(split) < len(large):
+        log.warning("parallel.fsdp_max_unit_params: %d checkpointed block(s) over %d parameters stay one FSDP unit "
+                    "each: torch %s cannot gather units nested in a checkpointed block (torch >= %s can)",
+                    len(large) - len(split), max_params, torch.__version__, ".".join(map(str, SPLIT_CHECKPOINTED_SINCE)))
+    return split
+
+
 def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
     """FSDP2 in place: one unit per block (or stage) of the trunk (one per convolution or linear layer of
     a block larger than fsdp_max_unit_params), one per linear layer of the head's projection, the rest
@@ -161,8 +176,9 @@ def apply_fsdp(model: nn.Module, env: DistEnv, plan: ParallelPlan) -> None:
         for layer in head.prototypes:  # scores leave in fp32 for Sinkhorn and the softmax
             shard(layer, mp_policy=MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32))
     units = trunk_blocks(model.trunk) if plan.fsdp_unit == "block" else trunk_stages(model.trunk)
+    split = {id(u) for u in _units_to_split(units, plan.fsdp_max_unit_params)}
     for unit in units:
-        if plan.fsdp_max_unit_params and sum(p.numel() for p in unit.parameters()) > plan.fsdp_max_unit_params:
+        if id(unit) in split:
             for layer in unit.modules():  # e.g. SEER 256GF's last block: 251 M parameters, its largest layer 109 M
                 if isinstance(layer, (nn.Conv2d, nn.Linear)):
                     shard(layer, mp_policy=mp)

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from tests.distributed._spawn import run_distributed
-from tests.helpers import SMALL_MODEL
+from tests.helpers import SMALL_MODEL, needs_fsdp_on_cpu
+
+pytestmark = needs_fsdp_on_cpu
 
 STEPS, GLOBAL_BATCH = 3, 16
 SMALL = [*SMALL_MODEL, "run.checkpoint_every=100", f"train.max_steps={STEPS}"]

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from tests.distributed._spawn import run_distributed
-from tests.helpers import SMALL_MODEL
+from tests.helpers import SMALL_MODEL, needs_fsdp_on_cpu
+
+pytestmark = needs_fsdp_on_cpu
 
 GLOBAL_BATCH, HALF, STEPS = 16, 2, 4
 FSDP = ["parallel.mode=fsdp", "parallel.shard_prototypes=true", "parallel.activation_checkpointing=block"]

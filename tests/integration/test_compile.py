@@ -7,7 +7,7 @@ import torch
 
 from ssl_scale.train.trainer import Trainer
 
-from tests.helpers import tiny_config
+from tests.helpers import needs_fsdp_on_cpu, tiny_config
 
 # One crop resolution: one graph to compile (the CPU compile is the slow part of this test).
 ONE_SIZE = ["data.crops=[{size: 16, count: 2, scale: [0.3, 1.0], blur_p: 0.0}]", "data.batch_size=8",
@@ -54,6 +54,7 @@ def _fsdp_compiled(run_dir):
 
 
 @pytest.mark.slow
+@needs_fsdp_on_cpu
 def test_compiled_trunk_under_fsdp_trains_like_one_eager_process(tmp_path):
     """train.compile=true with parallel.mode=fsdp on 2 processes (the trunk compiled around its FSDP
     units): the losses of one eager process with the same global batch."""

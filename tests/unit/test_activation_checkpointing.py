@@ -77,3 +77,22 @@ def test_a_stage_the_trunk_lacks_is_a_clear_error():
 
     with pytest.raises(ConfigError, match=r"^'parallel.ac_stages': stage 4 does not exist; this trunk has stages 0-3"):
         apply_ac(build_trunk("resnet18", device="meta"), stages=[1, 4])
+
+
+def test_large_blocks_split_into_layer_units_unless_torch_cannot_with_checkpointing(monkeypatch, caplog):
+    from ssl_scale.distributed.parallelize import _units_to_split
+
+    trunk = build_trunk("resnet18", device="meta")
+    blocks = trunk_blocks(trunk)
+    big = [b for b in blocks if sum(p.numel() for p in b.parameters()) > 500_000]  # stages 3 and 4: 4 blocks
+    assert _units_to_split(blocks, 0) == []
+    assert _units_to_split(blocks, 500_000) == big and len(big) == 4
+    apply_ac(trunk, stages=[3])  # the last stage's 2 blocks checkpointed
+    blocks = trunk_blocks(trunk)
+    monkeypatch.setattr(torch, "__version__", "2.11.0")
+    assert len(_units_to_split(blocks, 500_000)) == 4
+    monkeypatch.setattr(torch, "__version__", "2.10.0")
+    with caplog.at_level("WARNING"):
+        kept = _units_to_split(blocks, 500_000)
+    assert kept == [b for b in blocks if b in big and not isinstance(b, CheckpointWrapper)] and len(kept) == 2
+    assert "2 checkpointed block(s) over 500000 parameters stay one FSDP unit each: torch 2.10.0" in caplog.text

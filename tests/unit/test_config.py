@@ -141,10 +141,10 @@ def test_fsdp_on_cpu_with_a_torch_too_old_for_it_is_a_clear_error(tmp_path, monk
 
     cfg = load_config(write(tmp_path, "r.yaml", "data: {train: {source: embedded}}\n"), ["parallel.mode=fsdp"])
     monkeypatch.setattr(torch, "__version__", "2.6.0+cpu")
-    with pytest.raises(ConfigError, match=r"^'parallel.mode': fsdp on CPU processes needs torch >= 2.7 \(this is 2.6.0\+cpu\)"):
+    with pytest.raises(ConfigError, match=r"^'parallel.mode': fsdp on CPU processes needs torch >= 2.9 \(this is 2.6.0\+cpu\)"):
         plan_parallelism(cfg, DistEnv(world_size=2))
     assert not plan_parallelism(cfg, DistEnv()).fsdp  # one process trains unsharded on any torch
-    monkeypatch.setattr(torch, "__version__", "2.7.0")
+    monkeypatch.setattr(torch, "__version__", "2.9.0")
     assert plan_parallelism(cfg, DistEnv(world_size=2)).fsdp
 
 
@@ -155,5 +155,5 @@ def test_parallel_plan_on_one_process_trains_unsharded_with_autocast(tmp_path):
                       ["parallel.mode=fsdp", "train.precision=bf16", "parallel.shard_prototypes=true"])
     one = plan_parallelism(cfg, DistEnv())
     assert not one.fsdp and not one.shard_prototypes and one.autocast_dtype == torch.bfloat16
-    two = plan_parallelism(cfg, DistEnv(world_size=2))
+    two = plan_parallelism(cfg, DistEnv(world_size=2, device=torch.device("cuda")))  # a plan only: no CPU torch limit
     assert two.fsdp and two.shard_prototypes and two.fsdp_bf16 and two.autocast_dtype is None

@@ -178,14 +178,16 @@ def test_bad_data_counter_round_trips_through_dcp_into_a_fresh_counter(tmp_path)
 
     import torch.distributed.checkpoint as dcp
 
+    from ssl_scale.checkpoint.manager import no_dist
+
     c = BadDataCounter(0.5)
     c.update(40, [("x/1.jpg", "truncated"), ("x/2.jpg", "error:OSError")])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dcp.save({"bad_data": c.state_dict()}, checkpoint_id=str(tmp_path / "ck"), no_dist=True)
+        dcp.save({"bad_data": c.state_dict()}, checkpoint_id=str(tmp_path / "ck"), **no_dist(dcp.save))
         fresh = BadDataCounter(0.5)
         state = {"bad_data": fresh.state_dict()}
-        dcp.load(state, checkpoint_id=str(tmp_path / "ck"), no_dist=True)
+        dcp.load(state, checkpoint_id=str(tmp_path / "ck"), **no_dist(dcp.load))
     fresh.load_state_dict(state["bad_data"])
     assert fresh.state_dict() == c.state_dict()
 
