@@ -18,14 +18,14 @@ def model_optim_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
 
 
 def drop_unsaved_optimizer_state(optim_state: Dict[str, Any], stored_keys: Dict[str, Any], prefix: str = "optim") -> None:
-    """Removes from the load template the per-parameter optimizer state the checkpoint never had (the
+    """Empties in the load template the per-parameter optimizer state the checkpoint never had (the
     prototypes while frozen: their grad is None, so momentum never started), so that they keep none on
     load, exactly as in the uninterrupted run; every other expected entry must still be in the checkpoint."""
     head = f"{prefix}.state."
     saved = {k[len(head):].rsplit(".", 1)[0] for k in stored_keys if k.startswith(head)}  # "<fqn>.<state name>"
     per_param = optim_state.get("state", {})
     for fqn in [f for f in per_param if f not in saved]:
-        del per_param[fqn]
+        per_param[fqn] = {}  # no state to read (an empty entry: torch 2.6 insists on one per parameter)
 
 
 def set_aside_param_groups(optim_state: Dict[str, Any], stored_keys: Dict[str, Any], prefix: str = "optim") -> List[Any]:
