@@ -7,14 +7,12 @@ import torch
 from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
+from ssl_scale.distributed import full_tensor
+
 
 def _local(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
     """Each tensor's local shard (a view: in-place updates reach the DTensor), plain tensors as they are."""
     return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
-
-
-def _whole(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def _chunks(params: List[torch.Tensor], max_numel: int) -> Iterator[List[torch.Tensor]]:
@@ -90,8 +88,8 @@ class LARS(Optimizer):
         else:
             wd = group["weight_decay"]
             updates = torch._foreach_add(grads, params, alpha=wd) if wd else torch._foreach_mul(grads, 1.0)
-            p_norm = _whole(torch.stack(torch._foreach_norm(params)))
-            u_norm = _whole(torch.stack(torch._foreach_norm(updates)))
+            p_norm = full_tensor(torch.stack(torch._foreach_norm(params)))
+            u_norm = full_tensor(torch.stack(torch._foreach_norm(updates)))
             trust = torch.where((p_norm > 0) & (u_norm > 0),
                                 group["trust_coefficient"] * p_norm / u_norm, torch.ones_like(p_norm))
             updates = _local(updates)

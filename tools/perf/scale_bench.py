@@ -49,14 +49,14 @@ def spawn(fn, world, *args):
         return [torch.load(os.path.join(d, f"{r}.pt"), weights_only=False) for r in range(world)]
 
 
-def _trainer(overrides):
+def _trainer(overrides, recipe="quickstart"):
     from ssl_scale.config import load_config
     from ssl_scale.train.trainer import Trainer
 
     run_dir = tempfile.mkdtemp(prefix="scale_bench_")
     base = [f"run.dir={run_dir}", "run.progress=false", "run.tensorboard=false", "eval.knn_at_end=false",
             "data.num_workers=0", "run.checkpoint_every=100000", "train.channels_last=false"]
-    return Trainer(load_config("quickstart", base + list(overrides)))
+    return Trainer(load_config(recipe, base + list(overrides)))
 
 
 def _bytes(tensors):
@@ -264,20 +264,16 @@ def bench_prototypes(args):
 
 
 def _seer_worker(recipe, px, extra=()):
-    from ssl_scale.config import load_config
     from ssl_scale.distributed import local_numel
     from ssl_scale.train.flops import peak_memory_bytes, resident_memory_bytes
-    from ssl_scale.train.trainer import Trainer
 
     # The recipe itself, with synthetic images, 2 per rank, small crops, and the prototypes trained (and
     # given momentum) from the first step, as after the freeze.
-    overrides = [
-        f"run.dir={tempfile.mkdtemp(prefix='scale_bench_')}", "run.progress=false", "run.tensorboard=false",
-        "eval.knn_at_end=false", "data.num_workers=0", "data.train.source=synthetic", "data.train.num_samples=64",
-        f"data.train.image_size={px}", "data.batch_size=2", "loss.freeze_prototypes_iters=0",
+    t = _trainer([
+        "data.train.source=synthetic", "data.train.num_samples=64", f"data.train.image_size={px}", "data.batch_size=2",
+        "loss.freeze_prototypes_iters=0",
         f"data.crops=[{{size: {px}, count: 2, scale: [0.14, 1.0]}}, {{size: {px // 2}, count: 2, scale: [0.05, 0.14]}}]",
-        *extra]
-    t = Trainer(load_config(recipe, overrides))
+        *extra], recipe=recipe)
     # One training step (Trainer.train_step: forward, Sinkhorn + loss, backward, LARS update) on crops of
     # the recipe's sizes; fit() would also write the final checkpoint, which is not part of a step.
     g = torch.Generator().manual_seed(dist.get_rank())
